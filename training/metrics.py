@@ -110,6 +110,11 @@ class LogisticFit:
             return slope * x + intercept
         return LOGISTICS[self.kind].function(x, *self.params)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> LogisticFit:
+        """Inverse of :meth:`to_dict`, e.g. to redraw the curve from a metrics.json."""
+        return cls(data["kind"], tuple(data["params"]), data["converged"], data.get("message", ""))
+
     def to_dict(self) -> dict:
         formula = "b1 * x + b2" if self.kind == "linear" else LOGISTICS[self.kind].formula
         return {
