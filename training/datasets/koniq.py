@@ -18,7 +18,14 @@ from pathlib import Path
 from .errors import DatasetError
 from .records import QualityRecord
 from .registry import register_dataset
-from .tables import finalize, image_path, make_record, read_csv_table, resolve_label_file, resolve_root
+from .tables import (
+    finalize,
+    image_path,
+    make_record,
+    read_csv_table,
+    resolve_label_file,
+    resolve_root,
+)
 
 KONIQ_LABEL_FILES = ("koniq10k_distributions_sets.csv", "koniq10k_scores_and_distributions.csv")
 # Image folders of the release, preferred first.

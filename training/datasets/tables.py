@@ -133,7 +133,7 @@ def read_csv_table(source: Path, required: Iterable[str]) -> Table:
                         f"{len(header)} (an unquoted comma in a name?)",
                         source=source, where=f"line {line}",
                     )
-                rows.append(Row(source, f"line {line}", dict(zip(header, fields))))
+                rows.append(Row(source, f"line {line}", dict(zip(header, fields, strict=True))))
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{source}: not a UTF-8 text file ({exc})", source=source) from exc
     except csv.Error as exc:
@@ -164,7 +164,10 @@ def read_xlsx_table(source: Path, required: Iterable[str]) -> Table:
         for number, values in enumerate(cells, start=2):
             if all(value is None or str(value).strip() == "" for value in values):
                 continue
-            rows.append(Row(source, f"row {number}", dict(zip(header, values))))
+            # Rows may be ragged; cells right of the header are unlabelled notes, not data.
+            cells_row = tuple(values)[: len(header)]
+            cells_row += (None,) * (len(header) - len(cells_row))
+            rows.append(Row(source, f"row {number}", dict(zip(header, cells_row, strict=True))))
     finally:
         workbook.close()
     return Table(source, header, rows)
@@ -229,11 +232,11 @@ def resolve_root(root: str | os.PathLike) -> Path:
 
 def resolve_label_file(root: Path, labels: str | os.PathLike | None, defaults: Sequence[str],
                        dataset: str) -> Path:
-    """``labels`` as given (absolute or from the working directory), else under ``root``;
+    """``labels`` under ``root``, else as given (absolute or from the working directory);
     without ``labels``, the first of ``defaults`` (paths under ``root``) that exists."""
     if labels is not None:
         given = Path(labels).expanduser()
-        for candidate in (given, root / given):
+        for candidate in (root / given, given):
             if candidate.is_file():
                 return Path(os.path.abspath(candidate))
         raise DatasetError(f"{dataset} label file not found: {labels} (also looked in {root})",
