@@ -341,7 +341,10 @@ def metrics_to_markdown(metrics: dict, *, digits: int = 4, title: str | None = N
         lines.append(f"| {label} | {_format(entry['value'], digits)} | {ci} |")
     fit = metrics["logistic"]
     boot = metrics["bootstrap"]
-    note = f"n = {metrics['n']}; "
+    note = f"n = {metrics['n']}"
+    if metrics.get("n_failed"):
+        note += f" ({metrics['n_failed']} of {metrics['n_images']} images failed to score)"
+    note += "; "
     if fit["converged"]:
         note += f"logistic: {fit['kind']} fit, f(x) = {fit['formula']}"
     else:

@@ -44,9 +44,14 @@ def scatter_plot(
     alpha = float(np.clip(300 / max(x.size, 1), 0.15, 0.8))
     ax.scatter(x, y, s=14, alpha=alpha, color="tab:blue", edgecolors="none", label="images")
 
-    low = min(float(x.min()), float(y.min()), 0.0)
-    high = max(float(x.max()), float(y.max()), 1.0)
-    ax.plot([low, high], [low, high], ls=":", lw=1, color="grey", label="identity (y = x)")
+    # MOS keeps its full scale; the x axis follows the predictions, so a model whose
+    # scores span a narrow range still shows its ranking (the identity line, clipped to
+    # the view, then shows how far off the absolute scale it is).
+    y_low, y_high = min(float(y.min()), 0.0), max(float(y.max()), 1.0)
+    x_mid, x_half = (float(x.max()) + float(x.min())) / 2, max(float(np.ptp(x)) / 2, 0.05)
+    x_low, x_high = x_mid - 1.06 * x_half, x_mid + 1.06 * x_half
+    line = [max(x_low, y_low), min(x_high, y_high)]
+    ax.plot(line, line, ls=":", lw=1, color="grey", label="identity (y = x)")
     curve_x = np.linspace(float(x.min()), float(x.max()), 256)
     if fit.converged:
         curve_label = f"fitted {fit.kind.upper()} logistic"
@@ -61,10 +66,9 @@ def scatter_plot(
     ax.set_title(f"{title}\n{stats_line}" if title else stats_line, fontsize=10)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    margin = 0.03 * (high - low)
-    ax.set_xlim(low - margin, high + margin)
-    ax.set_ylim(low - margin, high + margin)
-    ax.set_aspect("equal")
+    ax.set_xlim(x_low, x_high)
+    margin = 0.03 * (y_high - y_low)
+    ax.set_ylim(y_low - margin, y_high + margin)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8, framealpha=0.9)
+    ax.legend(loc="best", fontsize=8, framealpha=0.9)
     fig.savefig(os.fspath(out_path), dpi=dpi)
