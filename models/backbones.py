@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
-
 from iqa.inference.contract import Preprocessing
+from torch import nn
 
 
 class BackboneError(ValueError):
@@ -84,9 +83,12 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def _is_counter(key: str) -> bool:
-    # BatchNorm step counters carry no learned state and may exist on one side only.
-    return key.endswith("num_batches_tracked")
+def _is_counter(key: str, value: torch.Tensor | None = None) -> bool:
+    # BatchNorm step counters (integer scalars) carry no learned state and may exist on
+    # one side only.
+    if key.endswith("num_batches_tracked"):
+        return True
+    return value is not None and value.ndim == 0 and not value.is_floating_point()
 
 
 def map_state_dict_by_order(
@@ -99,14 +101,14 @@ def map_state_dict_by_order(
     Raises BackboneError naming the first pair whose shapes disagree, or when the two
     hold a different number of tensors.
     """
-    src = [(k, v) for k, v in source.items() if not _is_counter(k)]
-    dst = [(k, v) for k, v in target.items() if not _is_counter(k)]
+    src = [(k, v) for k, v in source.items() if not _is_counter(k, v)]
+    dst = [(k, v) for k, v in target.items() if not _is_counter(k, v)]
     if len(src) != len(dst):
         raise BackboneError(
             f"{source_name} has {len(src)} tensors but the backbone expects {len(dst)}"
         )
     mapped = {}
-    for (src_key, src_val), (dst_key, dst_val) in zip(src, dst):
+    for (src_key, src_val), (dst_key, dst_val) in zip(src, dst, strict=True):
         if src_val.shape != dst_val.shape:
             raise BackboneError(
                 f"{source_name}: tensor '{src_key}' {tuple(src_val.shape)} does not fit "
@@ -168,22 +170,21 @@ def create_backbone(
     name: str,
     pretrained: bool | str | os.PathLike = False,
     num_classes: int = 0,
-    global_pool: str = "",
+    global_pool: str | None = None,
 ) -> nn.Module:
     """Build timm model ``name`` and load weights offline.
 
     ``pretrained``: True = the bundled weights from ``BACKBONES``; a path = a .pth or
     .safetensors state_dict (timm names, or the same layer order); False = random init.
-    ``num_classes=0`` removes the classifier; ``global_pool=""`` leaves pooling to the
-    caller (set both to timm's defaults, 1000 and "avg", for an ImageNet classifier).
+    ``num_classes=0`` removes the classifier (``forward_head(x, pre_logits=True)`` then
+    gives the pooled features); ``global_pool=None`` keeps the model's own pooling.
     """
     import timm
 
     if not timm.is_model(name):
         raise BackboneError(f"unknown timm model '{name}'")
-    model = timm.create_model(
-        name, pretrained=False, num_classes=num_classes, global_pool=global_pool
-    )
+    pool = {} if global_pool is None else {"global_pool": global_pool}
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes, **pool)
     if pretrained is True:
         source = BACKBONES.get(name)
         if source is None:

@@ -1,16 +1,9 @@
-"""Pooling and prediction heads on top of a backbone's feature map."""
+"""Prediction heads on top of a backbone's pooled features."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-
-
-class GlobalAvgPool(nn.Module):
-    """Mean over H and W, for any input size (exports to ONNX as one ReduceMean)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.mean(dim=(2, 3))
 
 
 class MLPHead(nn.Module):
