@@ -18,11 +18,13 @@ class ImageDecodeError(IQAError):
     """The bytes are not an image we can decode (text, SVG, unknown format)."""
 
     error_type = "media_error"
-    http_status = 400
+    http_status = 415
 
 
 class TruncatedImageError(ImageDecodeError):
     """The image stream ends early or is corrupt."""
+
+    http_status = 400
 
 
 class ImageTooLargeError(IQAError):

@@ -1,0 +1,315 @@
+"""The HTTP API: the hosted image-quality API's ``/1.0/check.json``, plus health and metrics.
+
+Every response of ``/1.0/check.json``, and every error anywhere (404, 405, validation),
+is the hosted API's JSON: ``{"status": "success" | "failure", "request": {...}, ...}``.
+Blocking work (URL fetches, decoding, onnxruntime) runs in thread pools behind a
+bounded admission gate (see gate.py), so the event loop stays responsive and overload
+is answered at once with 503.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import string
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from .. import __version__
+from ..errors import IQAError
+from ..fetch import MiB
+from .errors import (
+    UNKNOWN,
+    APIError,
+    ConflictingMediaError,
+    InvalidParameterError,
+    MalformedBodyError,
+    MethodNotAllowedError,
+    MissingMediaError,
+    ProcessingTimeoutError,
+    RouteNotFoundError,
+    ServerBusyError,
+    UploadTooLargeError,
+    spec_for,
+)
+from .metrics import Metrics, MetricsMiddleware
+from .schemas import CheckFailure, CheckSuccess
+from .service import CheckService, Upload
+from .settings import ServerSettings
+
+logger = logging.getLogger("iqa.server")
+
+CHECK_PATH = "/1.0/check.json"
+# Room for the multipart framing and the text fields around the file itself.
+FORM_OVERHEAD = 64 * 1024
+OPEN_SERVER_WARNING = (
+    "no API keys configured: the server is OPEN, anyone who can reach it can use it. "
+    "Set IQA_API_KEYS='user:secret,...' or pass --keys-file to require api_user/api_secret."
+)
+_ID_ALPHABET = string.ascii_letters + string.digits
+_FAILURES = {
+    status: {"model": CheckFailure} for status in (400, 401, 404, 405, 413, 415, 422, 500,
+                                                     502, 503, 504)
+}
+_FIELD_DOCS = {
+    "models": "Comma-separated model names; only `quality` exists.",
+    "url": "Public http(s) URL of the image.",
+    "api_user": "API user (required when the server has keys).",
+    "api_secret": "API secret (required when the server has keys).",
+    "quality_details": "1 to add score_exact, bucket, factors and model_version.",
+}
+
+
+def new_id(prefix: str) -> str:
+    """An id shaped like the hosted API's: prefix + 21 base62 characters."""
+    return prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(21))
+
+
+def _request_info(request: Request) -> dict:
+    info = getattr(request.state, "iqa_request", None)
+    if info is None:
+        info = {"id": new_id("req_"), "timestamp": time.time()}
+        request.state.iqa_request = info
+    return info
+
+
+def _human_bytes(n: int) -> str:
+    return f"{n / MiB:g} MiB" if n >= MiB else f"{n} bytes"
+
+
+def _limit_body(receive, limit: int):
+    """Wrap an ASGI receive so reading more than ``limit`` body bytes raises at once."""
+    received = 0
+
+    async def limited_receive():
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise UploadTooLargeError(f"the request body is larger than {_human_bytes(limit)}")
+        return message
+
+    return limited_receive
+
+
+async def read_post(request: Request, max_upload: int) -> tuple[dict, Upload | None]:
+    """Parse a POST body (multipart or urlencoded) into fields and the `media` upload.
+
+    The size limit is enforced while reading, so an oversize upload is refused after
+    ``max_upload`` bytes, not after the client has sent gigabytes.
+    """
+    too_large = UploadTooLargeError(f"the upload is larger than the limit of "
+                                    f"{_human_bytes(max_upload)}")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_upload + FORM_OVERHEAD:
+        raise too_large
+    limited = Request(request.scope, receive=_limit_body(request.receive,
+                                                         max_upload + FORM_OVERHEAD))
+    try:
+        form = await limited.form(max_files=4, max_fields=64, max_part_size=FORM_OVERHEAD)
+    except StarletteHTTPException as exc:  # starlette's MultiPartException, as a 400
+        raise MalformedBodyError(f"malformed form body: {exc.detail}") from exc
+    except ClientDisconnect as exc:  # nobody is left to read the answer; log it as a 4xx
+        raise MalformedBodyError("the client disconnected before sending the whole body") from exc
+    try:
+        fields: dict = dict(request.query_params)
+        files = []
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if key == "media":
+                    files.append(value)
+            else:
+                fields[key] = value
+        if len(files) > 1:
+            raise ConflictingMediaError("send one file in `media` per request")
+        if "media" in fields:
+            raise MissingMediaError(
+                "`media` must be a file part (curl -F 'media=@photo.jpg'); "
+                "send URLs in the `url` field"
+            )
+        if not files:
+            return fields, None
+        media = files[0]
+        if media.size is not None and media.size > max_upload:
+            raise too_large
+        data = await media.read(max_upload + 1)
+        if len(data) > max_upload:
+            raise too_large
+        return fields, Upload(data=data, filename=media.filename or "media")
+    finally:
+        await form.close()
+
+
+def create_app(model=None, settings: ServerSettings | None = None, *, fetcher=None) -> FastAPI:
+    """Build the ASGI app. ``model`` is a QualityModel (default: the shipped model).
+
+    ``fetcher`` replaces the URL fetcher built from ``settings.fetch_policy`` (tests).
+    """
+    settings = settings or ServerSettings()
+    if model is None:
+        from ..model import QualityModel
+
+        model = QualityModel()
+    service = CheckService(model, settings, fetcher)
+    metrics = Metrics()
+    metrics.gauge("iqa_in_flight_requests", "Requests admitted and not finished.",
+                  lambda: service.gate.in_flight)
+    metrics.gauge("iqa_capacity_requests", "Requests admitted at most (workers + max_queue).",
+                  lambda: service.gate.capacity)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        if settings.keys.enabled:
+            logger.info("API keys: %d api_user(s) configured", len(settings.keys))
+        else:
+            logger.warning(OPEN_SERVER_WARNING)
+        try:
+            yield
+        finally:
+            service.close()
+
+    app = FastAPI(
+        title="iqa",
+        version=__version__,
+        summary="Technical image quality, in the hosted image-quality API's dialect.",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.state.metrics = metrics
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    def failure(request: Request, exc: BaseException, status: int | None = None) -> JSONResponse:
+        info = _request_info(request)
+        spec = spec_for(exc)
+        if spec is UNKNOWN:
+            message = f"internal error; the server log has the details of request {info['id']}"
+        else:
+            message = str(exc) or spec.meaning
+        if spec.status >= 500 and not isinstance(exc, (ServerBusyError, ProcessingTimeoutError)):
+            logger.error("request %s failed: %s", info["id"], message, exc_info=exc)
+        else:
+            logger.info("request %s: %s %d: %s", info["id"], spec.type, spec.code, message)
+        metrics.count_error(spec.type, spec.code)
+        headers = {}
+        if isinstance(exc, (ServerBusyError, ProcessingTimeoutError)):
+            headers["Retry-After"] = str(settings.retry_after)
+        if isinstance(exc, MethodNotAllowedError) and getattr(exc, "allow", None):
+            headers["Allow"] = exc.allow
+        body = {
+            "status": "failure",
+            "request": {**info, "operations": 0},
+            "error": {"type": spec.type, "code": spec.code, "message": message},
+        }
+        return JSONResponse(body, status_code=status or spec.status, headers=headers)
+
+    async def respond(request: Request, work) -> JSONResponse:
+        info = _request_info(request)
+        try:
+            result = await work()
+        except Exception as exc:  # noqa: BLE001 - every failure becomes failure JSON
+            return failure(request, exc)
+        return JSONResponse({
+            "status": "success",
+            "request": {**info, "operations": 1},
+            "quality": result["quality"],
+            "media": {"id": new_id("med_"), "uri": result["uri"]},
+        })
+
+    @app.get(CHECK_PATH, response_model=CheckSuccess, responses=_FAILURES,
+             summary="Score an image by URL")
+    async def check_get(
+        request: Request,
+        models: str | None = Query(None, description=_FIELD_DOCS["models"]),
+        url: str | None = Query(None, description=_FIELD_DOCS["url"]),
+        api_user: str | None = Query(None, description=_FIELD_DOCS["api_user"]),
+        api_secret: str | None = Query(None, description=_FIELD_DOCS["api_secret"]),
+        quality_details: str | None = Query(None, description=_FIELD_DOCS["quality_details"]),
+    ):
+        fields = {"models": models, "url": url, "api_user": api_user, "api_secret": api_secret,
+                  "quality_details": quality_details}
+        return await respond(request, lambda: service.check(fields, None))
+
+    post_body = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "media": {"type": "string", "format": "binary",
+                                      "description": "The image file."},
+                            **{k: {"type": "string", "description": v}
+                               for k, v in _FIELD_DOCS.items()},
+                        },
+                        "required": ["models"],
+                    }
+                }
+            },
+        }
+    }
+
+    @app.post(CHECK_PATH, response_model=CheckSuccess, responses=_FAILURES,
+              openapi_extra=post_body, summary="Score an uploaded image (or a URL)")
+    async def check_post(request: Request):
+        async def work():
+            fields, upload = await read_post(request, settings.max_upload_bytes)
+            return await service.check(fields, upload)
+
+        return await respond(request, work)
+
+    @app.get("/health", summary="Liveness and model information")
+    async def health():
+        return {
+            "status": "ok",
+            "version": __version__,
+            "model": {
+                "version": service.model_version,
+                "providers": list(getattr(model, "providers", []) or []),
+                "factors": list(getattr(model, "factor_names", []) or []),
+            },
+            "auth": settings.keys.enabled,
+            "in_flight": service.gate.in_flight,
+            "capacity": service.gate.capacity,
+        }
+
+    @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
+    async def prometheus_metrics():
+        return PlainTextResponse(metrics.render(),
+                                 media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 404:
+            error: IQAError = RouteNotFoundError(
+                f"no endpoint at {request.url.path}; the API is {CHECK_PATH}"
+            )
+        elif exc.status_code == 405:
+            error = MethodNotAllowedError(f"{request.method} is not allowed on {request.url.path}")
+            error.allow = (exc.headers or {}).get("Allow")
+        elif exc.status_code == 400:
+            error = MalformedBodyError(str(exc.detail))
+        else:
+            return failure(request, APIError(str(exc.detail)), status=exc.status_code)
+        return failure(request, error)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()
+        )
+        return failure(request, InvalidParameterError(problems or "invalid request"))
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception):
+        return failure(request, exc)
+
+    return app

@@ -1,0 +1,22 @@
+"""Server settings: one object that `iqa serve` fills from flags and the environment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..fetch import FetchPolicy, MiB
+from .auth import KeyStore
+
+
+@dataclass
+class ServerSettings:
+    keys: KeyStore = field(default_factory=KeyStore)
+    # Uploads and URL downloads alike (the fetch policy gets the same byte limit from
+    # `iqa serve`). The pixel limit lives on the QualityModel (max_pixels).
+    max_upload_bytes: int = 32 * MiB
+    workers: int = 2
+    max_queue: int = 32
+    # Whole pipeline (fetch + decode + score) per request, in seconds.
+    request_timeout: float = 60.0
+    retry_after: int = 1
+    fetch_policy: FetchPolicy = field(default_factory=FetchPolicy)
