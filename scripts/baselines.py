@@ -39,9 +39,10 @@ def _rgb(path: Path) -> Image.Image:
 
 def ridge_predictions(train, val, backbone: str) -> np.ndarray:
     import torch
+    from sklearn.linear_model import RidgeCV
+
     from iqa.inference.preprocess import to_model_input
     from iqa.models.backbones import backbone_preprocessing, create_backbone
-    from sklearn.linear_model import RidgeCV
 
     model = create_backbone(backbone, pretrained=True, num_classes=0).eval()
     prep = backbone_preprocessing(model)
@@ -65,7 +66,13 @@ def ridge_predictions(train, val, backbone: str) -> np.ndarray:
 def brisque_predictions(val) -> np.ndarray:
     from brisque import BRISQUE
 
-    scorer = BRISQUE(url=False)
+    class _Brisque(BRISQUE):
+        # brisque 0.2.0 builds its features as 1-element arrays, which NumPy 2 refuses to
+        # turn into floats; flatten them before the package's own scaling.
+        def scale_features(self, features):
+            return super().scale_features([float(np.ravel(f)[0]) for f in features])
+
+    scorer = _Brisque(url=False)
     # BRISQUE is lower-is-better; negate so every baseline correlates positively with MOS.
     return np.array(
         [-scorer.score(np.asarray(_rgb(r.path))) for r in tqdm(val, desc="brisque", file=sys.stderr)]
