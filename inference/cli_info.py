@@ -1,0 +1,88 @@
+"""`iqa info`: print what a quality model is, how it was trained and how it is fed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Print a model's metadata: version, backbone, training data, validation metrics, "
+        "preprocessing, factor names, inputs/outputs and onnxruntime providers."
+    )
+    parser.add_argument("--model", metavar="PATH", help="ONNX model (default: the shipped one)")
+    parser.add_argument(
+        "--providers", metavar="LIST", help="comma-separated onnxruntime providers to load with"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .errors import IQAError
+    from .model import QualityModel, available_providers
+
+    providers = [p.strip() for p in args.providers.split(",")] if args.providers else None
+    try:
+        model = QualityModel(args.model, providers=providers)
+    except IQAError as exc:
+        print(f"iqa info: {exc}", file=sys.stderr)
+        return 2
+    info = model.info()
+    info["available_providers"] = available_providers()
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(format_info(info))
+    return 0
+
+
+def format_info(info: dict) -> str:
+    prep = info["preprocessing"]
+    lines = [
+        f"model               {info['path']}",
+        f"version             {info['version'] or '-'}",
+        f"backbone            {info['backbone'] or '-'}",
+        f"training data       {info['training_data'] or '-'}",
+        f"created             {info['created'] or '-'}",
+        f"license             {info['license'] or '-'}",
+        "validation metrics  " + _metrics(info["validation_metrics"]),
+        "preprocessing       "
+        f"shorter side {prep['shorter_side']} px, longer side <= {prep['max_longer_side']} px, "
+        f"multiple of {prep['size_multiple']}, {prep['resample']} resize",
+        f"                    mean {_floats(prep['mean'])}, std {_floats(prep['std'])}",
+        "factors             " + (", ".join(info["factor_names"]) or "- (score only)"),
+    ]
+    for kind in ("inputs", "outputs"):
+        for node in info[kind]:
+            shape = "x".join(str(d) for d in node["shape"])
+            lines.append(f"{kind[:-1]:<20}{node['name']}: {node['type']} [{shape}]")
+    lines.append("providers           " + ", ".join(info["providers"]))
+    lines.append("available           " + ", ".join(info.get("available_providers", [])))
+    for key, value in sorted(info.get("other_metadata", {}).items()):
+        lines.append(f"{key:<20}{value}")
+    return "\n".join(lines)
+
+
+def _floats(values) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
+
+
+def _metrics(metrics) -> str:
+    if not metrics:
+        return "-"
+    if not isinstance(metrics, dict):
+        return str(metrics)
+    parts = []
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            inner = ", ".join(f"{k}={_number(v)}" for k, v in value.items())
+            parts.append(f"{key}: {inner}")
+        else:
+            parts.append(f"{key}={_number(value)}")
+    return "\n                    ".join(parts)
+
+
+def _number(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)

@@ -1,0 +1,309 @@
+"""Decode anything that holds a photo into an upright 8-bit RGB PIL image, safely.
+
+Every path from bytes to pixels goes through :func:`decode_image`, so the CLI, the HTTP
+server and the Python API reject the same inputs with the same typed errors
+(:mod:`iqa.inference.errors`), and no input can make the process allocate gigabytes.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from .errors import (
+    ImageDecodeError,
+    ImageTooLargeError,
+    ImageTooSmallError,
+    TruncatedImageError,
+)
+
+# 64 MP: a 50 MP phone photo (8160x6144) still fits, and it stays below Pillow's own
+# decompression-bomb warning (~89 MP), so Pillow never warns for an image we accept.
+# A decoded 64 MP RGB image takes about 200 MB.
+DEFAULT_MAX_PIXELS = 64_000_000
+
+# Below 8 px a side there is nothing left to judge: blur, noise and compression are
+# properties of neighbourhoods of pixels. Smaller images raise ImageTooSmallError.
+DEFAULT_MIN_SIDE = 8
+
+# Formats we let Pillow open. An allow-list, because some Pillow plugins are risky on
+# untrusted input (EPS runs Ghostscript) or are not photos at all (fonts, icons, PDF).
+# JPEG covers MPO (multi-picture JPEGs from phones and 3D cameras) too.
+ALLOWED_FORMATS: tuple[str, ...] = (
+    "JPEG",
+    "PNG",
+    "GIF",
+    "WEBP",
+    "BMP",
+    "DIB",
+    "TIFF",
+    "AVIF",
+    "PPM",
+    "TGA",
+)
+
+# File extensions that `iqa score DIR` picks up when it walks a folder.
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".jfif",
+        ".mpo",
+        ".png",
+        ".apng",
+        ".gif",
+        ".webp",
+        ".bmp",
+        ".dib",
+        ".tif",
+        ".tiff",
+        ".avif",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".pnm",
+        ".tga",
+    }
+)
+
+_WHITE = (255, 255, 255)
+
+ImageSource = (
+    str | os.PathLike | bytes | bytearray | memoryview | IO[bytes] | Image.Image | np.ndarray
+)
+
+
+def decode_image(
+    source: ImageSource,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    min_side: int = DEFAULT_MIN_SIDE,
+    target_shorter_side: int | None = None,
+    name: str | None = None,
+) -> Image.Image:
+    """Decode ``source`` into an upright RGB image.
+
+    ``source`` is a path, encoded bytes, a binary file object, a PIL image or a uint8
+    numpy array (HxW, HxWx1, HxWx3 or HxWx4). The EXIF orientation is applied, the first
+    frame of an animation is used, transparency is composited over white and 16-bit or
+    float greyscale is scaled to 8 bits over its full range.
+
+    ``max_pixels`` is checked against the size in the file's header, before any pixel
+    data is decoded (``None`` disables it; Pillow's own limit of
+    ``2 * PIL.Image.MAX_IMAGE_PIXELS`` still applies). ``target_shorter_side`` lets a
+    JPEG decode at a reduced scale (1/2, 1/4 or 1/8, in the DCT), never below that
+    shorter side. ``name`` names the image in error messages when ``source`` has no path.
+
+    Raises ImageDecodeError (not an image, unsupported format, unreadable file),
+    TruncatedImageError, ImageTooLargeError or ImageTooSmallError.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        name = name or str(source)
+    label = name or "image"
+    if isinstance(source, np.ndarray):
+        return _from_array(source, label, max_pixels, min_side)
+    if isinstance(source, Image.Image):
+        # No draft: it would shrink the caller's own image object.
+        return _finish(source, label, max_pixels, min_side, None)
+    return _from_encoded(source, label, max_pixels, min_side, target_shorter_side)
+
+
+def _from_encoded(source, label, max_pixels, min_side, target_shorter_side) -> Image.Image:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise ImageDecodeError(f"{label}: empty input (0 bytes)")
+        source = io.BytesIO(source)
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.is_file() and path.stat().st_size == 0:
+            raise ImageDecodeError(f"{label}: empty file (0 bytes)")
+    elif not hasattr(source, "read"):
+        raise ImageDecodeError(
+            f"{label}: cannot decode an object of type {type(source).__name__}; "
+            "pass a path, bytes, a binary file, a PIL image or a uint8 numpy array"
+        )
+    try:
+        opened = Image.open(source, formats=ALLOWED_FORMATS)
+    except UnidentifiedImageError as exc:
+        what = _sniff(_head(source))
+        raise ImageDecodeError(
+            f"{label}: looks like {what}, not an image in a supported format "
+            f"({', '.join(ALLOWED_FORMATS)})"
+        ) from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError(f"{label}: {exc}") from exc
+    except OSError as exc:  # missing file, a directory, no permission, short header
+        reason = exc.strerror or str(exc)
+        raise ImageDecodeError(f"{label}: cannot read: {reason}") from exc
+    with opened as image:
+        return _finish(image, label, max_pixels, min_side, target_shorter_side)
+
+
+def _head(source, size: int = 512) -> bytes:
+    """The first bytes of a source, for a better error message; b"" if not re-readable."""
+    try:
+        if isinstance(source, (str, os.PathLike)):
+            with open(source, "rb") as handle:
+                return handle.read(size)
+        source.seek(0)
+        return source.read(size)
+    except (OSError, AttributeError, ValueError):
+        return b""
+
+
+def _sniff(head: bytes) -> str:
+    """Name what a non-image most likely is: a URL that serves an error page, an SVG..."""
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if b"<svg" in text or (text.startswith(b"<?xml") and b"svg" in text):
+        return "SVG vector graphics (rasterise it first)"
+    if text.startswith((b"<!doctype html", b"<html")):
+        return "an HTML page"
+    if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "text"
+    return "unknown data"
+
+
+def _finish(image: Image.Image, label, max_pixels, min_side, target_shorter_side) -> Image.Image:
+    """Size checks on the header, then draft, decode, orientation and mode conversion."""
+    _check_size(image.size, label, max_pixels, min_side)
+    if target_shorter_side and image.format in ("JPEG", "MPO"):
+        # Both sides of a draft stay >= the requested box, so the shorter side does too.
+        image.draft(None, (int(target_shorter_side), int(target_shorter_side)))
+    _load(image, label)
+    image = _upright(image)
+    return _to_rgb(image, label)
+
+
+def _check_size(size: tuple[int, int], label: str, max_pixels: int | None, min_side: int) -> None:
+    width, height = size
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"{label}: {width}x{height} is {width * height / 1e6:.1f} MP, more than the "
+            f"limit of {max_pixels / 1e6:.1f} MP"
+        )
+    if min(width, height) < min_side:
+        raise ImageTooSmallError(
+            f"{label}: {width}x{height} is too small to judge (each side needs at least "
+            f"{min_side} px)"
+        )
+
+
+def _load(image: Image.Image, label: str) -> None:
+    # A scorer must never see the grey fill Pillow pads truncated images with; some
+    # libraries switch this process-wide flag on at import time, so switch it back off.
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError(f"{label}: {exc}") from exc
+    except (OSError, EOFError, SyntaxError, ValueError) as exc:
+        text = str(exc)
+        if "truncated" in text.lower() or isinstance(exc, EOFError):
+            raise TruncatedImageError(f"{label}: the image data ends early ({text})") from exc
+        raise ImageDecodeError(f"{label}: corrupt image data ({text})") from exc
+    except MemoryError as exc:
+        raise ImageTooLargeError(f"{label}: not enough memory to decode it") from exc
+
+
+_ORIENTATION_TAG = 0x0112
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a broken EXIF block is ignored, not fatal."""
+    try:
+        orientation = image.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:  # noqa: BLE001 - malformed EXIF is common and harmless to the pixels
+        return image
+    if orientation in (None, 1):
+        return image  # exif_transpose would copy the whole image for nothing
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001
+        return image
+
+
+def _to_rgb(image: Image.Image, label: str) -> Image.Image:
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("L", "1", "CMYK", "YCbCr", "LAB", "HSV"):
+        return image.convert("RGB")
+    if mode == "P":
+        has_alpha = "transparency" in image.info or getattr(image.palette, "mode", "") == "RGBA"
+        return _over_white(image.convert("RGBA")) if has_alpha else image.convert("RGB")
+    if mode in ("RGBA", "RGBa", "LA", "La", "PA"):
+        return _over_white(image.convert("RGBA"))
+    if mode.startswith("I") or mode == "F":
+        return Image.fromarray(_to_uint8(np.asarray(image), mode), "L").convert("RGB")
+    try:
+        return image.convert("RGB")
+    except (ValueError, OSError) as exc:
+        raise ImageDecodeError(f"{label}: unsupported pixel mode {mode!r}") from exc
+
+
+def _over_white(rgba: Image.Image) -> Image.Image:
+    # Transparent areas of product shots and logos are meant to be seen on a light page;
+    # black (Pillow's default when the alpha is dropped) would read as underexposure.
+    canvas = Image.new("RGB", rgba.size, _WHITE)
+    canvas.paste(rgba, mask=rgba.getchannel("A"))
+    return canvas
+
+
+def _to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
+    """Scale high-bit-depth greyscale to uint8 over its nominal range, keeping exposure.
+
+    A dark 16-bit photo must stay dark, so 16-bit modes always map 0..65535 to 0..255.
+    Mode I (32-bit) carries 8- or 16-bit data in practice, told apart by its largest
+    value; floats are read as [0, 1] or [0, 255]. Only data outside those ranges is
+    stretched from its minimum to its maximum.
+    """
+    values = values.astype(np.float32)
+    if mode == "F":
+        values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = float(values.min()), float(values.max())
+    if mode.startswith("I;16"):
+        span_low, span_high = 0.0, 65535.0
+    elif mode == "F" and low >= 0 and high <= 1.0:
+        span_low, span_high = 0.0, 1.0
+    elif low >= 0 and high <= 255:
+        span_low, span_high = 0.0, 255.0
+    elif low >= 0 and high <= 65535:
+        span_low, span_high = 0.0, 65535.0
+    else:
+        span_low, span_high = low, max(high, low + 1e-6)
+    out = (values - span_low) * (255.0 / (span_high - span_low))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _from_array(array: np.ndarray, label, max_pixels, min_side) -> Image.Image:
+    if (
+        array.dtype != np.uint8
+        or array.ndim not in (2, 3)
+        or (array.ndim == 3 and array.shape[2] not in (1, 3, 4))
+    ):
+        raise ImageDecodeError(
+            f"{label}: numpy images must be uint8 with shape HxW, HxWx1, HxWx3 or HxWx4; "
+            f"got {array.dtype} {array.shape}"
+        )
+    height, width = array.shape[:2]
+    _check_size((width, height), label, max_pixels, min_side)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    image = Image.fromarray(np.ascontiguousarray(array))
+    return _to_rgb(image, label)
+
+
+__all__ = [
+    "ALLOWED_FORMATS",
+    "DEFAULT_MAX_PIXELS",
+    "DEFAULT_MIN_SIDE",
+    "IMAGE_EXTENSIONS",
+    "ImageSource",
+    "decode_image",
+]

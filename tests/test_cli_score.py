@@ -1,0 +1,203 @@
+"""`iqa score` and `iqa info`, run in-process through the real dispatcher."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import http.server
+import io
+import json
+import threading
+
+import pytest
+from PIL import Image
+
+from iqa.inference import FACTOR_NAMES, QualityModel
+from iqa.inference.cli import main
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, photo):
+    """Three photos, one text file posing as a JPEG, a non-image and a nested photo."""
+    root = tmp_path_factory.mktemp("photos")
+    Image.fromarray(photo).save(root / "a.jpg", quality=90)
+    Image.fromarray(photo[:300, :400]).save(root / "b.png")
+    Image.fromarray(photo[::2, ::2]).save(root / "c.webp")
+    (root / "broken.jpg").write_text("not a photo")
+    (root / "notes.txt").write_text("ignored: not an image extension")
+    (root / ".hidden.jpg").write_text("ignored: hidden")
+    (root / "sub").mkdir()
+    Image.fromarray(photo[100:, 100:]).save(root / "sub" / "d.jpg")
+    return root
+
+
+def score(capsys, *argv) -> tuple[int, str, str]:
+    code = main(["score", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_folder_with_a_bad_file_reports_it_and_exits_1(capsys, folder, tiny_model_path):
+    code, out, err = score(capsys, folder, "--model", tiny_model_path, "--format", "json")
+    rows = json.loads(out)
+    assert code == 1
+    assert [r["path"].split("/")[-1] for r in rows] == ["a.jpg", "b.png", "broken.jpg", "c.webp"]
+    bad = rows[2]
+    assert bad["status"] == "error" and bad["error"]["type"] == "ImageDecodeError"
+    assert "broken.jpg" in bad["error"]["message"]
+    good = [r for r in rows if r["status"] == "ok"]
+    assert len(good) == 3
+    model = QualityModel(tiny_model_path)
+    expected = model.score(folder / "a.jpg")
+    assert good[0]["score"] == pytest.approx(expected.score, abs=1e-5)
+    assert good[0]["bucket"] == expected.bucket
+    assert "1 of 4" in err
+
+
+def test_all_good_inputs_exit_0_and_recursive_walks_sub_folders(capsys, folder, tiny_model_path):
+    code, out, _ = score(
+        capsys, folder / "a.jpg", folder / "sub", "--model", tiny_model_path, "--format", "jsonl"
+    )
+    assert code == 0
+    assert [json.loads(line)["status"] for line in out.splitlines()] == ["ok", "ok"]
+    code, out, _ = score(capsys, folder, "-r", "--model", tiny_model_path, "--format", "jsonl")
+    paths = [json.loads(line)["path"] for line in out.splitlines()]
+    assert len(paths) == 5 and paths[-1].endswith("sub/d.jpg")
+
+
+def test_csv_format_with_factors(capsys, folder, tiny_model_path):
+    code, out, _ = score(capsys, folder, "--model", tiny_model_path, "--format", "csv", "--factors")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert code == 1
+    assert list(rows[0]) == [
+        "path",
+        "score",
+        "bucket",
+        *FACTOR_NAMES,
+        "status",
+        "error_type",
+        "error",
+    ]
+    assert rows[0]["status"] == "ok" and 0 <= float(rows[0]["blur"]) <= 1
+    assert rows[2]["status"] == "error" and rows[2]["score"] == "" and rows[2]["error"]
+
+
+def test_table_format_is_aligned(capsys, folder, tiny_model_path):
+    code, out, _ = score(capsys, folder, "--model", tiny_model_path)
+    lines = out.splitlines()
+    assert lines[0].split() == ["path", "score", "bucket", "status"]
+    assert len(lines) == 5
+    score_column_end = lines[0].index("score") + len("score")
+    for line in lines[1:]:
+        if "error" not in line:
+            assert line[score_column_end - 5 : score_column_end].strip().startswith("0.")
+    assert "error: looks like text" in lines[3]
+
+
+def test_output_file_and_format_from_its_suffix(capsys, folder, tiny_model_path, tmp_path):
+    target = tmp_path / "scores.csv"
+    code, out, _ = score(capsys, folder / "b.png", "--model", tiny_model_path, "-o", target)
+    assert code == 0 and out == ""
+    rows = list(csv.DictReader(target.open()))
+    assert len(rows) == 1 and rows[0]["path"].endswith("b.png")
+
+
+def test_score_filters_keep_errors_visible(capsys, folder, tiny_model_path):
+    _, out, _ = score(capsys, folder, "--model", tiny_model_path, "--format", "json")
+    scores = sorted(r["score"] for r in json.loads(out) if r["status"] == "ok")
+    middle = scores[1]
+    _, out, _ = score(
+        capsys, folder, "--model", tiny_model_path, "--format", "json", "--max-score", middle
+    )
+    rows = json.loads(out)
+    assert sorted(r["score"] for r in rows if r["status"] == "ok") == scores[:2]
+    assert sum(r["status"] == "error" for r in rows) == 1
+    _, out, _ = score(
+        capsys, folder, "--model", tiny_model_path, "--format", "json", "--min-score", middle
+    )
+    assert sorted(r["score"] for r in json.loads(out) if r["status"] == "ok") == scores[1:]
+
+
+def test_batch_and_worker_options_do_not_change_scores(capsys, folder, tiny_model_path):
+    runs = []
+    for options in (["--batch-size", "1", "--workers", "0"], ["--batch-size", "8"]):
+        _, out, _ = score(capsys, folder, "--model", tiny_model_path, "--format", "json", *options)
+        runs.append([r.get("score") for r in json.loads(out)])
+    assert runs[0] == pytest.approx(runs[1], abs=1e-5)
+
+
+def test_progress_bar_goes_to_stderr_only(capsys, folder, tiny_model_path):
+    code, out, err = score(
+        capsys, folder, "--model", tiny_model_path, "--format", "jsonl", "--progress"
+    )
+    assert len([json.loads(line) for line in out.splitlines()]) == 4
+    assert "img" in err
+
+
+def test_missing_inputs_and_bad_models(capsys, tmp_path, tiny_model_path):
+    code, out, _ = score(
+        capsys, tmp_path / "nope.jpg", "--model", tiny_model_path, "--format", "json"
+    )
+    assert code == 1 and "nope.jpg" in json.loads(out)[0]["error"]["message"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = score(capsys, empty, "--model", tiny_model_path)
+    assert code == 1 and "no images found" in err
+    code, _, err = score(capsys, tmp_path / "x.jpg", "--model", tmp_path / "missing.onnx")
+    assert code == 2 and "missing.onnx" in err
+
+
+def test_model_without_factors_says_so(capsys, folder, tiny_model_no_factors_path):
+    code, out, err = score(
+        capsys,
+        folder / "a.jpg",
+        "--model",
+        tiny_model_no_factors_path,
+        "--factors",
+        "--format",
+        "json",
+    )
+    assert code == 0 and "factors" not in json.loads(out)[0]
+    assert "no factor outputs" in err
+
+
+def test_urls_are_fetched_with_the_private_address_guard(capsys, folder, tiny_model_path):
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(QuietHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/a.jpg"
+    try:
+        code, out, err = score(capsys, url, "--model", tiny_model_path, "--format", "json")
+        row = json.loads(out)[0]
+        assert code == 1 and row["status"] == "error" and row["path"] == url
+        assert "--allow-private-urls" in err
+        code, out, _ = score(
+            capsys, url, "--model", tiny_model_path, "--format", "json", "--allow-private-urls"
+        )
+        row = json.loads(out)[0]
+        assert code == 0 and row["status"] == "ok"
+        expected = QualityModel(tiny_model_path).score(folder / "a.jpg").score
+        assert row["score"] == pytest.approx(expected, abs=1e-5)
+    finally:
+        server.shutdown()
+
+
+def test_info_text_and_json(capsys, tiny_model_path, tiny_model_no_factors_path):
+    assert main(["info", "--model", str(tiny_model_path)]) == 0
+    text = capsys.readouterr().out
+    for expected in (
+        "tiny-test",
+        "shorter side 64 px",
+        "blur, motion_blur",
+        "CPUExecutionProvider",
+    ):
+        assert expected in text
+    assert main(["info", "--model", str(tiny_model_no_factors_path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["factor_names"] == [] and [o["name"] for o in info["outputs"]] == ["score"]
+    assert main(["info", "--model", "/nonexistent/model.onnx"]) == 2
+    assert "not found" in capsys.readouterr().err

@@ -1,0 +1,199 @@
+"""QualityModel on the tiny contract model: scores, batching, errors in place, loading."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from iqa.inference import FACTOR_NAMES, QualityModel, QualityResult, bucket_for
+from iqa.inference.contract import META_PREPROCESSING
+from iqa.inference.errors import (
+    ImageDecodeError,
+    ImageTooSmallError,
+    IQAError,
+    ModelLoadError,
+    TruncatedImageError,
+)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_path) -> QualityModel:
+    return QualityModel(tiny_model_path, threads=1)
+
+
+@pytest.fixture(scope="module")
+def images(photo) -> list[np.ndarray]:
+    """Crops of the astronaut photo of three different shapes (so several batches)."""
+    return [
+        photo[:300, :400],
+        photo[100:400, 50:450],
+        photo[:, :256],
+        photo[200:, 100:],
+        photo,
+        photo[::2, ::2],
+        photo[50:350, :400],
+    ]
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_score_carries_bucket_and_named_factors(model, photo):
+    result = model.score(photo)
+    assert isinstance(result, QualityResult)
+    assert 0.0 <= result.score <= 1.0
+    assert result.bucket == bucket_for(result.score)
+    assert list(result.factors) == list(FACTOR_NAMES)
+    assert all(0.0 <= v <= 1.0 for v in result.factors.values())
+    assert result.to_dict()["factors"] == result.factors
+
+
+def test_score_is_deterministic_and_input_kind_does_not_matter(model, photo, tmp_path):
+    path = tmp_path / "photo.png"
+    path.write_bytes(png(photo))
+    scores = {model.score(s).score for s in (photo, png(photo), path, str(path))}
+    assert len(scores) == 1
+
+
+def test_different_images_get_different_scores(model, images):
+    scores = [r.score for r in model.score_many(images)]
+    assert len(set(scores)) == len(images)
+
+
+def test_cpu_runs_one_image_per_call_unless_asked(model, tiny_model_path):
+    assert model.run_batch_size == 1
+    assert QualityModel(tiny_model_path, run_batch_size=8).run_batch_size == 8
+
+
+def test_batching_matches_one_by_one(model, tiny_model_path, images):
+    one_by_one = [model.score(image) for image in images]
+    batching = QualityModel(tiny_model_path, threads=1, run_batch_size=64)
+    for batch_size, workers in [(1, 0), (3, 2), (16, 2), (16, 0)]:
+        batched = batching.score_many(images, batch_size=batch_size, workers=workers)
+        for single, batch in zip(one_by_one, batched, strict=True):
+            assert batch.score == pytest.approx(single.score, abs=1e-5)
+            for name in FACTOR_NAMES:
+                assert batch.factors[name] == pytest.approx(single.factors[name], abs=1e-5)
+
+
+def test_iter_scores_yields_input_order_with_errors_in_place(model, images, photo, tmp_path):
+    truncated = png(photo)[:5000]
+    sources = [
+        images[0],
+        b"not an image",
+        images[1],
+        tmp_path / "missing.jpg",
+        np.zeros((2, 2, 3), np.uint8),
+        truncated,
+        images[2],
+    ]
+    results = list(model.iter_scores(iter(sources), batch_size=2, workers=2))
+    assert [i for i, _ in results] == list(range(len(sources)))
+    kinds = [type(r) for _, r in results]
+    assert kinds == [
+        QualityResult,
+        ImageDecodeError,
+        QualityResult,
+        ImageDecodeError,
+        ImageTooSmallError,
+        TruncatedImageError,
+        QualityResult,
+    ]
+    assert "missing.jpg" in str(results[3][1])
+    good = [model.score(images[i]).score for i in (0, 1, 2)]
+    got = [results[i][1].score for i in (0, 2, 6)]
+    assert got == pytest.approx(good, abs=1e-5)
+
+
+def test_unexpected_errors_are_returned_not_raised(model, photo):
+    def loader(source):
+        if isinstance(source, str):
+            raise RuntimeError("loader exploded")
+        return source
+
+    results = model.score_many([photo, "boom", photo], loader=loader)
+    assert isinstance(results[1], IQAError) and "loader exploded" in str(results[1])
+    assert results[0].score == results[2].score
+
+
+def test_loader_runs_before_decoding(model, photo):
+    store = {"a": png(photo), "b": png(photo[:200, :300])}
+    results = model.score_many(["a", "b"], loader=store.__getitem__)
+    assert results[0].score == pytest.approx(model.score(photo).score, abs=1e-6)
+    assert results[1].score == pytest.approx(model.score(photo[:200, :300]).score, abs=1e-6)
+
+
+def test_empty_input_and_bad_batch_size(model):
+    assert model.score_many([]) == []
+    with pytest.raises(ValueError):
+        list(model.iter_scores([], batch_size=0))
+
+
+def test_score_raises_typed_errors(model):
+    with pytest.raises(ImageDecodeError):
+        model.score(b"GIF89a but not really")
+
+
+def test_pixel_limits_are_configurable_per_model(tiny_model_path, photo):
+    strict = QualityModel(tiny_model_path, max_pixels=1000, min_side=4)
+    assert isinstance(strict.score_many([photo])[0], IQAError)
+    assert strict.score(np.zeros((4, 4, 3), np.uint8)).bucket
+
+
+def test_model_without_factors(tiny_model_no_factors_path, photo):
+    model = QualityModel(tiny_model_no_factors_path)
+    result = model.score(photo)
+    assert result.factors is None and "factors" not in result.to_dict()
+    assert model.score_many([photo])[0].factors is None
+    assert model.info()["factor_names"] == []
+
+
+def test_info_describes_the_model(model):
+    info = model.info()
+    assert info["version"] == "tiny-test"
+    assert info["preprocessing"]["shorter_side"] == 64
+    assert info["factor_names"] == list(FACTOR_NAMES)
+    assert [i["name"] for i in info["inputs"]] == ["image"]
+    assert [o["name"] for o in info["outputs"]] == ["score", "factors"]
+    assert info["providers"] == ["CPUExecutionProvider"]
+    json.dumps(info)  # serialisable as is, for `iqa info --json` and the server
+
+
+def test_bad_model_files_raise_model_load_error(tmp_path, tiny_model_path):
+    with pytest.raises(ModelLoadError, match="not found"):
+        QualityModel(tmp_path / "nope.onnx")
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x00\x01 definitely not protobuf" * 10)
+    with pytest.raises(ModelLoadError, match="garbage.onnx"):
+        QualityModel(garbage)
+    with pytest.raises(ModelLoadError, match="providers not available"):
+        QualityModel(tiny_model_path, providers=["NoSuchExecutionProvider"])
+
+
+def test_model_without_preprocessing_metadata_is_refused(tmp_path, tiny_model_path):
+    onnx = pytest.importorskip("onnx")
+    proto = onnx.load(str(tiny_model_path))
+    kept = [p for p in proto.metadata_props if p.key != META_PREPROCESSING]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    path = tmp_path / "no_meta.onnx"
+    onnx.save(proto, str(path))
+    with pytest.raises(ModelLoadError, match=META_PREPROCESSING):
+        QualityModel(path)
+
+
+def test_model_drafts_jpegs_to_no_less_than_its_input_size(model, photo):
+    big = Image.fromarray(photo).resize((1024, 768))
+    buffer = io.BytesIO()
+    big.save(buffer, "JPEG", quality=90)
+    decoded = model.decode(buffer.getvalue())
+    assert model.preprocessing.shorter_side <= min(decoded.size) < 768
+    tensor = model.prepare(buffer.getvalue())
+    assert tensor.shape[1:] == model.preprocessing.target_size(1024, 768)[::-1]
