@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from iqa.inference.errors import IQAError
 from iqa.training.datasets import (
     DATASETS,
@@ -20,7 +22,6 @@ from iqa.training.datasets import (
     load_dataset,
     select_split,
 )
-from PIL import Image
 
 SHARED = Path("/work/shared/datasets")
 REPO = Path(__file__).resolve().parents[1]

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image, ImageFilter
+
 from iqa.inference import QualityModel
 from iqa.inference.cli import main
 from iqa.training.datasets import load_dataset
 from iqa.training.evaluate import REPORT_FILES, evaluate_model
 from iqa.training.metrics import METRIC_NAMES, evaluate_predictions
-from PIL import Image, ImageFilter
 
 N_IMAGES = 12
 

@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats
+
 from iqa.training.metrics import (
     METRIC_NAMES,
     LogisticFit,
@@ -17,7 +19,6 @@ from iqa.training.metrics import (
     metrics_to_markdown,
     point_estimates,
 )
-from scipy import stats
 
 
 def _noisy_pairs(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from PIL import Image
+
 from iqa.training.datasets import DatasetError, QualityRecord, load_dataset, select_split
 from iqa.training.datasets.splits import (
     apply_split,
@@ -16,7 +18,6 @@ from iqa.training.datasets.splits import (
     random_split,
     save_split_csv,
 )
-from PIL import Image
 
 
 def make_records(n: int, root: Path = Path("/data/set"), groups: int | None = None,
