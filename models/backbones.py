@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from iqa.inference.contract import Preprocessing
 from torch import nn
+
+from iqa.inference.contract import Preprocessing
 
 
 class BackboneError(ValueError):

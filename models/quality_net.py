@@ -1,0 +1,172 @@
+"""QualityNet: a timm backbone, its global pooling and two MLP heads.
+
+The score head predicts the quality score and the factor head the severity of each
+distortion family in ``FACTOR_NAMES``, both through a sigmoid into [0, 1].
+
+The backbone splits into a frozen front (stem and the first ``freeze_blocks`` stages),
+run by ``forward_frozen``, and a trainable rest, run by ``forward_trainable``. The trainer
+caches the frozen front's output so each epoch only runs the rest.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from iqa.inference.contract import FACTOR_NAMES, Preprocessing
+
+from .backbones import BackboneError, backbone_preprocessing, create_backbone
+from .heads import MLPHead
+
+# Attributes of timm's EfficientNet-style models (EfficientNet, -Lite, MixNet, ...) whose
+# forward_features is conv_stem -> bn1 -> blocks -> conv_head -> bn2. Only these can be
+# split into a frozen front and a trainable rest.
+_SPLITTABLE = ("conv_stem", "bn1", "blocks", "conv_head", "bn2")
+
+
+class QualityNet(nn.Module):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        model_kwargs: dict,
+        num_factors: int = len(FACTOR_NAMES),
+        head_hidden: int = 256,
+        dropout: float = 0.1,
+        freeze_blocks: int = 0,
+        preprocessing: Preprocessing | None = None,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.splittable = all(hasattr(backbone, a) for a in _SPLITTABLE)
+        num_stages = len(backbone.blocks) if self.splittable else 0
+        if freeze_blocks and not self.splittable:
+            raise BackboneError(
+                f"freeze_blocks needs an EfficientNet-style backbone "
+                f"({', '.join(_SPLITTABLE)}); {type(backbone).__name__} is not one"
+            )
+        if not 0 <= freeze_blocks <= num_stages:
+            raise BackboneError(f"freeze_blocks must be in [0, {num_stages}], got {freeze_blocks}")
+        self.freeze_blocks = freeze_blocks
+        self.num_factors = num_factors
+        # Width of forward_head(pre_logits=True); differs from num_features in e.g. MobileNetV3.
+        features = getattr(backbone, "head_hidden_size", None) or backbone.num_features
+        self.score_head = MLPHead(features, head_hidden, 1, dropout)
+        self.factor_head = MLPHead(features, head_hidden, num_factors, dropout) if num_factors else None
+        self.preprocessing = preprocessing or backbone_preprocessing(backbone)
+        self.model_kwargs = dict(model_kwargs)
+        for param in self.frozen_modules().parameters():
+            param.requires_grad_(False)
+        self.train(True)
+
+    @property
+    def factor_names(self) -> tuple[str, ...]:
+        if self.num_factors == len(FACTOR_NAMES):
+            return FACTOR_NAMES
+        return tuple(f"factor_{i}" for i in range(self.num_factors))
+
+    def frozen_modules(self) -> nn.Sequential:
+        """The frozen front of the backbone, in forward order (empty if none)."""
+        if not self.freeze_blocks:
+            return nn.Sequential()
+        b = self.backbone
+        return nn.Sequential(b.conv_stem, b.bn1, *b.blocks[: self.freeze_blocks])
+
+    def trainable_modules(self) -> nn.Sequential:
+        """The backbone after the frozen front, up to the final feature map."""
+        b = self.backbone
+        if not self.splittable:
+            return nn.Sequential()
+        front = [b.conv_stem, b.bn1] if not self.freeze_blocks else []
+        return nn.Sequential(*front, *b.blocks[self.freeze_blocks :], b.conv_head, b.bn2)
+
+    def train(self, mode: bool = True) -> QualityNet:
+        super().train(mode)
+        # Frozen BatchNorm layers keep their ImageNet statistics: cached features must
+        # not drift with the batches the model happens to see.
+        self.frozen_modules().eval()
+        return self
+
+    def _frozen(self, x: torch.Tensor) -> torch.Tensor:
+        for module in self.frozen_modules():
+            x = module(x)
+        return x
+
+    def forward_frozen(self, x: torch.Tensor) -> torch.Tensor:
+        """Output of the frozen front, without autograd (the input itself if nothing is frozen)."""
+        with torch.no_grad():
+            return self._frozen(x)
+
+    def forward_trainable(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rest of the network on ``forward_frozen`` output: (score (N,), factors (N, K))."""
+        if self.splittable:
+            x = self.trainable_modules()(feats)
+        else:
+            x = self.backbone.forward_features(feats)
+        # timm's own pooling: global average for CNNs at any input size, token pooling
+        # for transformers.
+        pooled = self.backbone.forward_head(x, pre_logits=True)
+        score = self.score_head(pooled).squeeze(-1)
+        if self.factor_head is None:
+            factors = pooled.new_zeros((pooled.shape[0], 0))
+        else:
+            factors = self.factor_head(pooled)
+        return score, factors
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # No no_grad here: frozen weights need no gradient anyway, and keeping the graph
+        # plain lets the ONNX exporters trace straight through.
+        return self.forward_trainable(self._frozen(x))
+
+    def param_groups(
+        self, lr: float, backbone_lr_mult: float = 0.1, weight_decay: float = 0.01
+    ) -> list[dict]:
+        """Optimizer groups: heads at ``lr``, trainable backbone at ``lr * backbone_lr_mult``.
+
+        Norm weights and biases (every tensor with fewer than 2 dims) get no weight decay.
+        """
+        heads = [self.score_head] + ([self.factor_head] if self.factor_head is not None else [])
+        sections = {
+            "head": (lr, [p for h in heads for p in h.parameters()]),
+            "backbone": (lr * backbone_lr_mult, list(self.backbone.parameters())),
+        }
+        groups = []
+        for name, (group_lr, params) in sections.items():
+            trainable = [p for p in params if p.requires_grad]
+            decay = [p for p in trainable if p.ndim >= 2]
+            no_decay = [p for p in trainable if p.ndim < 2]
+            for suffix, ps, wd in (("", decay, weight_decay), ("_no_decay", no_decay, 0.0)):
+                if ps:
+                    groups.append({"name": name + suffix, "params": ps, "lr": group_lr,
+                                   "weight_decay": wd})
+        return groups
+
+
+def create_model(
+    backbone: str = "tf_efficientnet_lite0",
+    pretrained: bool | str | os.PathLike = True,
+    num_factors: int = len(FACTOR_NAMES),
+    head_hidden: int = 256,
+    dropout: float = 0.1,
+    freeze_blocks: int = 0,
+) -> QualityNet:
+    """Build a QualityNet. ``pretrained``: True = bundled offline ImageNet weights
+    (see ``BACKBONES``), False = random init, or a path to a .pth/.safetensors state_dict.
+    """
+    model_kwargs = {
+        "backbone": backbone,
+        "num_factors": num_factors,
+        "head_hidden": head_hidden,
+        "dropout": dropout,
+        "freeze_blocks": freeze_blocks,
+    }
+    return QualityNet(
+        create_backbone(backbone, pretrained=pretrained),
+        model_kwargs=model_kwargs,
+        num_factors=num_factors,
+        head_hidden=head_hidden,
+        dropout=dropout,
+        freeze_blocks=freeze_blocks,
+    )

@@ -1,0 +1,314 @@
+"""Training configuration: YAML recipes merged over defaults, CLI overrides, path resolution.
+
+Every hyperparameter lives in the config; the code reads it from here and nowhere else.
+Unknown keys are errors, so a typo in a recipe or a ``--set`` fails loudly instead of
+silently training with a default.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from iqa.inference.errors import IQAError
+
+DATA_ROOT_ENV = "IQA_DATA_ROOT"
+_EXPONENT_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+# Keys whose value is a filesystem path to data: relative ones are resolved against the data
+# root, which is --data-root, else $IQA_DATA_ROOT, else the config's ``data_root``, else the
+# current directory (a relative data root is itself taken from the current directory).
+DATA_PATH_KEYS = ("data.root", "data.split_csv", "synthetic.root")
+# Paths that belong to this machine rather than to the data: resolved against the current
+# directory only.
+LOCAL_PATH_KEYS = ("output_dir", "cache_dir")
+
+DEFAULTS: dict[str, Any] = {
+    "name": "run",
+    "seed": 0,
+    "data_root": None,
+    "output_dir": "runs",
+    # Frozen-feature cache: compute the frozen stem+blocks once, train the rest from disk.
+    "cache_features": True,
+    "cache_dir": ".cache/iqa-features",
+    "checkpoint_every_steps": 200,
+    "data": {
+        # A name from iqa.training.datasets.DATASETS, or null for synthetic-only training.
+        "dataset": None,
+        "root": None,
+        "options": {},  # extra keyword arguments of the dataset loader
+        "split": {
+            # official: the release's own split (record.split); random: seeded split of
+            # all records (by record.group when the dataset has groups); csv: read
+            # data.split_csv; none: train on everything, no validation.
+            "method": "random",
+            "val_fraction": 0.2,
+            "seed": 0,
+            "train": "train",  # official split names
+            "val": "val",
+        },
+        "split_csv": None,
+        # Limits for smoke runs: keep only the first N records of each split (after the
+        # split, so the split itself does not change).
+        "max_train_images": None,
+        "max_val_images": None,
+    },
+    "synthetic": {
+        "enabled": True,
+        "root": None,  # folder of pristine photos, walked recursively
+        "max_photos": None,
+        "groups_per_photo": 2,  # (original, weak, strong) groups of one distortion each
+        "composed_per_photo": 1,  # (original, compose()d) pairs
+        "distortions": None,  # restrict to these DISTORTIONS names; null = all
+        "severity_weak": [0.15, 0.45],
+        "severity_gap": [0.2, 0.5],  # s_strong = s_weak + gap, capped at 1
+        "compose_max_ops": 3,
+        "flip": False,  # also cache mirrored synthetic images
+        "groups_per_epoch": 256,
+        "seed": 1234,  # seeds the fixed variant pool (independent of the training seed)
+    },
+    "model": {
+        "backbone": "tf_efficientnet_lite0",
+        "pretrained": True,
+        "head_hidden": 256,
+        "dropout": 0.1,
+        "freeze_blocks": 4,
+    },
+    # Overrides of the model's Preprocessing (iqa.inference.contract); the mean/std come
+    # from the backbone unless set here.
+    "preprocessing": {},
+    "augment": {
+        "crop": 320,  # square training crop in pixels at model resolution (null = whole)
+        "flip": True,  # horizontal flips of authentic images
+    },
+    "loss": {
+        "mos": "smooth_l1",  # l1 | smooth_l1 | mse, on the normalised MOS
+        "mos_weight": 1.0,
+        "smooth_l1_beta": 0.05,
+        "plcc_weight": 0.5,
+        "rank_weight": 0.5,  # pairwise rank hinge within the authentic batch
+        "synthetic_rank_weight": 1.0,
+        "synthetic_margin": 0.02,
+        "margin_per_severity": 0.1,  # margin grows with the severity gap between members
+        "factor": "bce",  # bce | mse
+        "factor_weight": 0.5,
+        "pristine_floor": None,  # a prior: pristine originals should score at least this
+        "pristine_floor_weight": 1.0,
+    },
+    "optim": {
+        "epochs": 20,
+        "max_steps": None,  # stop early after this many steps (smoke runs)
+        "batch_size": 16,  # authentic images per step (global, across all ranks)
+        "lr": 1.0e-3,
+        "backbone_lr_mult": 0.1,
+        "weight_decay": 0.01,
+        "warmup_steps": 100,
+        "min_lr_ratio": 0.01,
+        "grad_clip": 1.0,
+        "amp": True,  # mixed precision, only ever on CUDA
+    },
+    "eval": {
+        "batch_size": 8,
+    },
+    "loader": {
+        "num_workers": 0,  # DataLoader worker processes for the on-the-fly path
+    },
+    "logging": {
+        "tensorboard": True,
+        "progress": True,
+    },
+}
+
+
+class ConfigError(IQAError):
+    """A config file or override is malformed, has an unknown key, or a bad value."""
+
+    error_type = "config_error"
+
+
+def _merge(base: dict, update: dict, where: str = "") -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        path = f"{where}{key}"
+        if key not in base:
+            raise ConfigError(f"unknown config key '{path}'")
+        # Free-form dicts (loader options, preprocessing) take whatever keys they are given.
+        if isinstance(base[key], dict) and base[key] and isinstance(value, dict):
+            out[key] = _merge(base[key], value, f"{path}.")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"optim.lr=3e-4"`` -> (["optim", "lr"], 0.0003); values are parsed as YAML."""
+    import yaml
+
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key.sub=value")
+    key, raw = text.split("=", 1)
+    keys = [k for k in key.strip().split(".") if k]
+    if not keys:
+        raise ConfigError(f"override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{text}': value is not valid YAML ({exc})") from exc
+    if isinstance(value, str) and _EXPONENT_NUMBER.match(value):
+        # YAML 1.1 reads "3e-4" (no dot) as a string; on a command line it means a number.
+        value = float(value)
+    return keys, value
+
+
+def apply_override(cfg: dict, text: str) -> None:
+    keys, value = parse_override(text)
+    node = cfg
+    for i, key in enumerate(keys[:-1]):
+        if not isinstance(node, dict) or key not in node:
+            raise ConfigError(f"unknown config key '{'.'.join(keys[: i + 1])}' in '{text}'")
+        node = node[key]
+    if not isinstance(node, dict):
+        raise ConfigError(f"'{'.'.join(keys[:-1])}' is not a section, in '{text}'")
+    free_form = node is not cfg and _is_free_form(cfg, keys[:-1])
+    if keys[-1] not in node and not free_form:
+        raise ConfigError(f"unknown config key '{'.'.join(keys)}' in '{text}'")
+    node[keys[-1]] = value
+
+
+def _is_free_form(cfg: dict, keys: list[str]) -> bool:
+    node: Any = DEFAULTS
+    for key in keys:
+        node = node.get(key) if isinstance(node, dict) else None
+    return isinstance(node, dict) and not node
+
+
+def get(cfg: dict, dotted: str) -> Any:
+    node: Any = cfg
+    for key in dotted.split("."):
+        node = node[key]
+    return node
+
+
+def _set(cfg: dict, dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    node = cfg
+    for key in parents:
+        node = node[key]
+    node[last] = value
+
+
+def resolve_paths(cfg: dict, data_root: str | Path | None = None, cwd: Path | None = None) -> dict:
+    """Make every path in the config absolute (data paths against the data root).
+
+    ``data_root`` (the --data-root option) wins over $IQA_DATA_ROOT, which wins over the
+    config's own ``data_root``.
+    """
+    cwd = Path(cwd or Path.cwd())
+    data_root = data_root or os.environ.get(DATA_ROOT_ENV) or cfg.get("data_root") or None
+    data_base = Path(str(data_root)).expanduser() if data_root else cwd
+    if not data_base.is_absolute():
+        data_base = (cwd / data_base).resolve()
+    cfg["data_root"] = str(data_base)
+    for dotted, base in [(k, data_base) for k in DATA_PATH_KEYS] + [
+        (k, cwd) for k in LOCAL_PATH_KEYS
+    ]:
+        value = get(cfg, dotted)
+        if value is None or value == "":
+            continue
+        path = Path(str(value)).expanduser()
+        _set(cfg, dotted, str((path if path.is_absolute() else base / path).resolve()))
+    pretrained = cfg["model"]["pretrained"]
+    if isinstance(pretrained, str):  # a weights file: resolve like a data path
+        path = Path(pretrained).expanduser()
+        cfg["model"]["pretrained"] = str(path if path.is_absolute() else (data_base / path))
+    return cfg
+
+
+def validate(cfg: dict) -> dict:
+    """Check value ranges that would otherwise fail deep inside training."""
+    optim = cfg["optim"]
+    if int(optim["batch_size"]) < 1:
+        raise ConfigError("optim.batch_size must be at least 1")
+    if int(optim["epochs"]) < 1:
+        raise ConfigError("optim.epochs must be at least 1")
+    if optim["max_steps"] is not None and int(optim["max_steps"]) < 1:
+        raise ConfigError("optim.max_steps must be at least 1 (or null)")
+    if int(cfg["checkpoint_every_steps"]) < 1:
+        raise ConfigError("checkpoint_every_steps must be at least 1")
+    method = cfg["data"]["split"]["method"]
+    if method not in ("official", "random", "csv", "none"):
+        raise ConfigError(
+            f"data.split.method must be official, random, csv or none, got '{method}'"
+        )
+    if method == "csv" and not cfg["data"]["split_csv"]:
+        raise ConfigError("data.split.method is 'csv' but data.split_csv is not set")
+    if not 0.0 < float(cfg["data"]["split"]["val_fraction"]) < 1.0:
+        raise ConfigError("data.split.val_fraction must be in (0, 1)")
+    if cfg["loss"]["mos"] not in ("l1", "smooth_l1", "mse"):
+        raise ConfigError(f"loss.mos must be l1, smooth_l1 or mse, got '{cfg['loss']['mos']}'")
+    if cfg["loss"]["factor"] not in ("bce", "mse"):
+        raise ConfigError(f"loss.factor must be bce or mse, got '{cfg['loss']['factor']}'")
+    syn = cfg["synthetic"]
+    if syn["enabled"] and not syn["root"]:
+        raise ConfigError("synthetic.enabled is true but synthetic.root is not set")
+    lo, hi = (float(v) for v in syn["severity_weak"])
+    glo, ghi = (float(v) for v in syn["severity_gap"])
+    if not (0.0 < lo <= hi < 1.0 and 0.0 < glo <= ghi):
+        raise ConfigError("synthetic.severity_weak must be 0 < lo <= hi < 1 and gaps positive")
+    if not cfg["data"]["dataset"] and not syn["enabled"]:
+        raise ConfigError("nothing to train on: set data.dataset or enable synthetic")
+    crop = cfg["augment"]["crop"]
+    if crop is not None and int(crop) < 32:
+        raise ConfigError("augment.crop must be at least 32 pixels (or null for whole images)")
+    return cfg
+
+
+def build_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    data_root: str | Path | None = None,
+    cwd: Path | None = None,
+) -> dict:
+    """Defaults <- YAML file (and its ``base``) <- ``--set`` overrides, then paths resolved
+    and values checked. ``data_root`` falls back to $IQA_DATA_ROOT.
+    """
+    cfg = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        cfg = _load_file(Path(path), cfg, seen=())
+    for text in overrides:
+        apply_override(cfg, text)
+    return validate(resolve_paths(cfg, data_root, cwd))
+
+
+def _load_file(path: Path, cfg: dict, seen: tuple[Path, ...]) -> dict:
+    """Merge a YAML file over ``cfg``; a ``base: other.yaml`` key (relative to this file)
+    is merged first, so a recipe can restate only what differs from another."""
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    base = loaded.pop("base", None)
+    if base:
+        base_path = (path.parent / str(base)).resolve()
+        if base_path in seen:
+            raise ConfigError(f"{path}: 'base' chain loops back to {base_path}")
+        cfg = _load_file(base_path, cfg, (*seen, path.resolve()))
+    try:
+        return _merge(cfg, loaded)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def dump_config(cfg: dict, path: Path) -> None:
+    import yaml
+
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")

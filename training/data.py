@@ -1,0 +1,584 @@
+"""What each training step sees, where its tensors come from, and the frozen-feature cache.
+
+Three layers, each a pure function of its inputs so a resumed or distributed run sees the
+exact same data:
+
+1. ``ImageSpec``: one image the network sees, before cropping: a file, optionally a
+   seeded synthetic distortion of it, optionally mirrored. ``render`` turns it into
+   pixels at model resolution through the *same* decode and resize as inference.
+2. ``plan_epoch(seed, epoch, ...)``: the epoch's steps (which authentic records and which
+   synthetic groups, with their flips and crop positions). A function of (seed, epoch)
+   only, so a resumed run skips the consumed steps and ranks shard the same list.
+3. Sources that load a spec as a tensor: ``ImageSource`` renders and normalises pixels
+   (the on-the-fly path), ``FeatureSource`` reads the frozen front's output from the
+   ``FeatureCache`` (the default CPU path). ``StepDataset`` crops and collates a step.
+
+Crops are placed on a grid of the frozen front's stride, so a crop of the cached feature
+map and a crop of the pixels followed by the frozen front cover the same window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from iqa.inference.contract import FACTOR_NAMES, Preprocessing
+from iqa.inference.decode import decode_image
+from iqa.inference.preprocess import normalise, resize_for_model
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+COMPOSE = "compose"
+
+
+# --------------------------------------------------------------------------- image specs
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """One image as the network sees it (before the crop)."""
+
+    path: str
+    flip: bool = False
+    distortion: str | None = None  # a DISTORTIONS name, COMPOSE, or None for the file as is
+    severity: float = 0.0
+    seed: int = 0
+    max_ops: int = 3  # for COMPOSE
+
+    def mirrored(self, flip: bool = True) -> ImageSpec:
+        return replace(self, flip=flip)
+
+
+def decode_for_model(path: str | os.PathLike, prep: Preprocessing) -> np.ndarray:
+    """HxWx3 uint8 at model resolution, decoded and resized exactly as inference does.
+
+    Mirrors ``QualityModel.decode`` (JPEG DCT draft down to no less than the shorter
+    side, then the shared ``resize_for_model``), so training sees the pixels inference sees.
+    """
+    image = decode_image(path, target_shorter_side=prep.shorter_side)
+    return np.asarray(resize_for_model(image, prep))
+
+
+def render(spec: ImageSpec, prep: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
+    """(HxWx3 uint8 pixels, factor label vector) of a spec, at model resolution.
+
+    Distortions are applied after the resize, at the resolution the model judges, so a
+    severity means the same thing whatever the size of the source photo.
+    """
+    rgb = decode_for_model(spec.path, prep)
+    labels = np.zeros(len(FACTOR_NAMES), dtype=np.float32)
+    if spec.distortion is not None:
+        from iqa.training.augment import DISTORTIONS, compose, distort_labelled, labels_to_vector
+
+        rng = np.random.default_rng(spec.seed)
+        if spec.distortion == COMPOSE:
+            rgb, applied = compose(rgb, rng, min_ops=1, max_ops=spec.max_ops)
+        else:
+            # The label is the severity, scaled down for local distortions (background blur).
+            rgb, label = distort_labelled(rgb, spec.distortion, spec.severity, rng)
+            applied = {DISTORTIONS[spec.distortion].family: label}
+        labels = np.asarray(labels_to_vector(applied), dtype=np.float32)
+    if spec.flip:
+        rgb = rgb[:, ::-1]
+    return np.ascontiguousarray(rgb), labels
+
+
+# ------------------------------------------------------------------------ synthetic pool
+
+
+@dataclass(frozen=True)
+class SyntheticGroup:
+    """Copies of one pristine photo whose quality order is known.
+
+    ``members[0]`` is the original. ``pairs`` are (better, worse) member indices: the
+    worse one must score below the better one by a margin. No member has an absolute MOS.
+    """
+
+    members: tuple[ImageSpec, ...]
+    pairs: tuple[tuple[int, int], ...]
+
+
+def list_photos(root: str | os.PathLike, max_photos: int | None = None, seed: int = 0) -> list[Path]:
+    """Image files under ``root`` (recursive). With ``max_photos``, a seeded, spread-out subset
+    (hash order, so it draws from every sub-collection rather than the first folder)."""
+    root = Path(root)
+    if not root.is_dir():
+        from iqa.training.config import ConfigError
+
+        raise ConfigError(f"synthetic.root is not a folder: {root}")
+    photos = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not photos:
+        from iqa.training.config import ConfigError
+
+        raise ConfigError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
+    if max_photos is not None and len(photos) > max_photos:
+        photos = sorted(photos, key=lambda p: _stable_hash(seed, p.relative_to(root).as_posix()))
+        photos = sorted(photos[: int(max_photos)])
+    return photos
+
+
+def build_synthetic_pool(photos: Sequence[Path], root: str | os.PathLike, syn: dict) -> list[SyntheticGroup]:
+    """The fixed, seeded pool of synthetic groups: per photo, ``groups_per_photo`` groups of
+    (original, weak, strong) copies of one distortion, and ``composed_per_photo`` pairs of
+    (original, compose()d copy). Seeded per photo by its path under ``root``, so adding a
+    photo never changes the others' variants.
+    """
+    from iqa.training.augment import DISTORTIONS
+
+    names = sorted(syn["distortions"] or DISTORTIONS)
+    unknown = [n for n in names if n not in DISTORTIONS]
+    if unknown:
+        from iqa.training.config import ConfigError
+
+        raise ConfigError(
+            f"synthetic.distortions: unknown {unknown}; known: {', '.join(sorted(DISTORTIONS))}"
+        )
+    weak_lo, weak_hi = (float(v) for v in syn["severity_weak"])
+    gap_lo, gap_hi = (float(v) for v in syn["severity_gap"])
+    pool = []
+    for photo in photos:
+        rel = Path(photo).relative_to(root).as_posix() if Path(photo).is_relative_to(root) else str(photo)
+        rng = np.random.default_rng([int(syn["seed"]), _stable_hash(0, rel) % (2**32)])
+        original = ImageSpec(str(photo))
+        for _ in range(int(syn["groups_per_photo"])):
+            name = names[int(rng.integers(len(names)))]
+            weak = float(rng.uniform(weak_lo, weak_hi))
+            strong = min(1.0, weak + float(rng.uniform(gap_lo, gap_hi)))
+            # One seed for both copies: the same noise pattern or flare position at two
+            # strengths, so the pair differs in severity only.
+            seed = int(rng.integers(2**31))
+            pool.append(SyntheticGroup(
+                members=(original,
+                         replace(original, distortion=name, severity=weak, seed=seed),
+                         replace(original, distortion=name, severity=strong, seed=seed)),
+                pairs=((0, 1), (0, 2), (1, 2)),
+            ))
+        for _ in range(int(syn["composed_per_photo"])):
+            seed = int(rng.integers(2**31))
+            composed = replace(original, distortion=COMPOSE, seed=seed,
+                               max_ops=int(syn["compose_max_ops"]))
+            pool.append(SyntheticGroup(members=(original, composed), pairs=((0, 1),)))
+    return pool
+
+
+def _stable_hash(seed: int, text: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}\0{text}".encode()).digest()[:8], "little")
+
+
+# --------------------------------------------------------------------------- epoch plans
+
+
+@dataclass(frozen=True)
+class PlannedItem:
+    """An authentic record (``index`` into the train records) or a synthetic group (``index``
+    into the pool), with its mirror flag and crop position (fractions in [0, 1))."""
+
+    index: int
+    flip: bool
+    u: float
+    v: float
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    authentic: tuple[PlannedItem, ...] = ()
+    synthetic: tuple[PlannedItem, ...] = ()
+
+    def shard(self, rank: int, world_size: int) -> StepPlan:
+        """This rank's share of the step (every world_size-th item)."""
+        return StepPlan(self.authentic[rank::world_size], self.synthetic[rank::world_size])
+
+    @property
+    def size(self) -> int:
+        return len(self.authentic) + len(self.synthetic)
+
+
+def steps_per_epoch(num_authentic: int, batch_size: int, groups_per_epoch: int,
+                    num_groups: int) -> int:
+    if num_authentic:
+        # Drop the last partial batch: correlation and rank losses need a real batch, and
+        # every epoch then has the same number of steps.
+        return max(1, num_authentic // batch_size)
+    if not num_groups:
+        return 0
+    return max(1, math.ceil(groups_per_epoch / max(1, batch_size // 3)))
+
+
+def plan_epoch(
+    seed: int,
+    epoch: int,
+    *,
+    num_authentic: int,
+    num_groups: int,
+    batch_size: int,
+    groups_per_epoch: int,
+    flip_authentic: bool = True,
+    flip_synthetic: bool = False,
+) -> list[StepPlan]:
+    """The steps of one epoch; a function of (seed, epoch) and the sizes only."""
+    rng = np.random.default_rng([int(seed), int(epoch), 0x1A2B])
+    steps = steps_per_epoch(num_authentic, batch_size, groups_per_epoch, num_groups)
+    order = rng.permutation(num_authentic)[: steps * batch_size] if num_authentic else []
+    authentic = [
+        PlannedItem(int(i), bool(flip_authentic and rng.random() < 0.5),
+                    float(rng.random()), float(rng.random()))
+        for i in order
+    ]
+    synthetic: list[PlannedItem] = []
+    if num_groups and groups_per_epoch:
+        # Without replacement while the pool lasts: every group once before any repeats.
+        picks = np.concatenate([rng.permutation(num_groups)
+                                for _ in range(math.ceil(groups_per_epoch / num_groups))])
+        synthetic = [
+            PlannedItem(int(i), bool(flip_synthetic and rng.random() < 0.5),
+                        float(rng.random()), float(rng.random()))
+            for i in picks[:groups_per_epoch]
+        ]
+    auth_chunks = [authentic[i * batch_size:(i + 1) * batch_size] for i in range(steps)]
+    syn_chunks = np.array_split(np.arange(len(synthetic)), steps) if steps else []
+    return [
+        StepPlan(tuple(auth_chunks[i]), tuple(synthetic[j] for j in syn_chunks[i]))
+        for i in range(steps)
+    ]
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def window(length: int, size: int, position: float, align: int) -> tuple[int, int]:
+    """(offset, size) of a crop window of ``size`` along an axis of ``length``, its offset on
+    a grid of ``align``, chosen by ``position`` in [0, 1)."""
+    size = min(size, length)
+    slots = (length - size) // align + 1
+    return min(int(position * slots), slots - 1) * align, size
+
+
+class ImageSource:
+    """Specs rendered to normalised pixels on the fly (GPUs, full fine-tuning)."""
+
+    from_features = False
+
+    def __init__(self, prep: Preprocessing, stride: int):
+        self.prep = prep
+        self.stride = stride  # crops are aligned to the frozen front's stride
+        self.unit = 1  # crop sizes are in pixels
+
+    def load(self, spec: ImageSpec) -> tuple[torch.Tensor, np.ndarray]:
+        rgb, labels = render(spec, self.prep)
+        return torch.from_numpy(normalise(rgb, self.prep)), labels
+
+    def crop(self, x: torch.Tensor, crop_px: int | None, u: float, v: float) -> torch.Tensor:
+        if not crop_px:
+            return x
+        oy, h = window(x.shape[-2], crop_px, u, self.stride)
+        ox, w = window(x.shape[-1], crop_px, v, self.stride)
+        return x[..., oy:oy + h, ox:ox + w]
+
+
+class FeatureSource:
+    """Specs read from the frozen-feature cache (the default CPU path)."""
+
+    from_features = True
+
+    def __init__(self, cache: FeatureCache):
+        self.cache = cache
+        self.stride = cache.stride
+
+    def load(self, spec: ImageSpec) -> tuple[torch.Tensor, np.ndarray]:
+        feats, labels = self.cache.load(spec)
+        return torch.from_numpy(feats.astype(np.float32)), labels
+
+    def crop(self, x: torch.Tensor, crop_px: int | None, u: float, v: float) -> torch.Tensor:
+        if not crop_px:
+            return x
+        cells = max(1, crop_px // self.stride)
+        oy, h = window(x.shape[-2], cells, u, 1)
+        ox, w = window(x.shape[-1], cells, v, 1)
+        return x[..., oy:oy + h, ox:ox + w]
+
+
+def group_by_shape(tensors: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """[(positions, stacked tensors)] for each distinct shape, so odd-sized images still batch."""
+    by_shape: dict[tuple, list[int]] = {}
+    for i, t in enumerate(tensors):
+        by_shape.setdefault(tuple(t.shape), []).append(i)
+    return [(torch.tensor(idx, dtype=torch.long), torch.stack([tensors[i] for i in idx]))
+            for idx in by_shape.values()]
+
+
+class StepDataset(Dataset):
+    """Item i = the collated batch of step i of an epoch plan (for this rank's shard).
+
+    A batch holds ``inputs`` (a list of (positions, tensor) shape groups), ``n`` items in
+    all, and the index tensors ``training_loss`` reads (see iqa.training.losses).
+    """
+
+    def __init__(self, steps: Sequence[StepPlan], records: Sequence, pool: Sequence[SyntheticGroup],
+                 source, crop_px: int | None, rank: int = 0, world_size: int = 1):
+        self.steps = list(steps)
+        self.records = records
+        self.pool = pool
+        self.source = source
+        self.crop_px = crop_px
+        self.rank = rank
+        self.world_size = world_size
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __getitem__(self, i: int) -> dict:
+        step = self.steps[i].shard(self.rank, self.world_size)
+        tensors, mos, labels = [], [], []
+        for item in step.authentic:
+            spec = ImageSpec(str(self.records[item.index].path), flip=item.flip)
+            x, _ = self.source.load(spec)
+            tensors.append(self.source.crop(x, self.crop_px, item.u, item.v))
+            mos.append(float(self.records[item.index].mos))
+        num_auth = len(tensors)
+        better, worse, gap, originals = [], [], [], []
+        for item in step.synthetic:
+            group = self.pool[item.index]
+            base = len(tensors)
+            group_labels = []
+            for member in group.members:
+                x, lab = self.source.load(member.mirrored(item.flip))
+                # One window for the whole group: the ranking compares the same content.
+                tensors.append(self.source.crop(x, self.crop_px, item.u, item.v))
+                group_labels.append(lab)
+            labels.extend(group_labels)
+            originals.append(base)
+            for b, w in group.pairs:
+                better.append(base + b)
+                worse.append(base + w)
+                gap.append(max(0.0, float(group_labels[w].max() - group_labels[b].max())))
+        n = len(tensors)
+        k = len(FACTOR_NAMES)
+        return {
+            "inputs": group_by_shape(tensors),
+            "n": n,
+            "auth_index": torch.arange(num_auth, dtype=torch.long),
+            "mos": torch.tensor(mos, dtype=torch.float32),
+            "syn_index": torch.arange(num_auth, n, dtype=torch.long),
+            "factor_target": torch.from_numpy(np.stack(labels)) if labels else torch.zeros(0, k),
+            "pair_better": torch.tensor(better, dtype=torch.long),
+            "pair_worse": torch.tensor(worse, dtype=torch.long),
+            "pair_gap": torch.tensor(gap, dtype=torch.float32),
+            "original_index": torch.tensor(originals, dtype=torch.long),
+        }
+
+
+def batch_to(batch: dict, device: torch.device) -> dict:
+    out = dict(batch)
+    out["inputs"] = [(pos.to(device), x.to(device, non_blocking=True)) for pos, x in batch["inputs"]]
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            out[key] = value.to(device, non_blocking=True)
+    return out
+
+
+# --------------------------------------------------------------------------- feature cache
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """sha256 of a module's parameters and buffers (names, shapes, bytes)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        if name.endswith("num_batches_tracked"):
+            continue
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def parameters_digest(module: torch.nn.Module) -> str:
+    """sha256 of a module's parameters only: equal on every data-parallel replica (buffers
+    such as BatchNorm statistics are per-rank until DDP broadcasts them)."""
+    h = hashlib.sha256()
+    for name, p in module.named_parameters():
+        t = p.detach().float().cpu().contiguous()
+        h.update(name.encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def frozen_stride(model, prep: Preprocessing) -> int:
+    """Pixels per cell of the frozen front's output (1 when nothing is frozen)."""
+    side = 2 * prep.size_multiple
+    feats = model.forward_frozen(torch.zeros(1, 3, side, side, device=_device_of(model)))
+    return max(1, side // feats.shape[-1])
+
+
+def _device_of(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@dataclass
+class CacheStats:
+    total: int = 0
+    built: int = 0
+    seconds: float = 0.0
+    render_seconds: float = 0.0
+    forward_seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def seconds_per_image(self) -> float:
+        return self.seconds / self.built if self.built else 0.0
+
+
+class FeatureCache:
+    """The frozen front's output per ImageSpec, as fp16 .npz files on disk.
+
+    Entries live under ``root/<fingerprint>/``; the fingerprint hashes the backbone, the
+    number of frozen blocks, the frozen weights and the preprocessing, and each entry's
+    key hashes the spec and the file's size and modification time. Any change to what the
+    features depend on therefore lands in a fresh location instead of being read stale.
+    Writes are atomic (temp file + os.replace), so concurrent ranks and killed runs never
+    leave a half-written entry.
+    """
+
+    def __init__(self, root: str | os.PathLike, model, prep: Preprocessing, batch_size: int = 8):
+        self.model = model
+        self.prep = prep
+        self.batch_size = batch_size
+        self.stride = frozen_stride(model, prep)
+        identity = {
+            "model_kwargs": model.model_kwargs,
+            "frozen_weights": weights_digest(model.frozen_modules()),
+            "preprocessing": json.loads(prep.to_json()),
+            "format": 1,
+        }
+        self.fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+        self.dir = Path(root) / self.fingerprint[:16]
+        self.dir.mkdir(parents=True, exist_ok=True)
+        info = self.dir / "cache_info.json"
+        if not info.exists():
+            _atomic_write_bytes(info, json.dumps(identity, indent=2, sort_keys=True).encode())
+
+    def key(self, spec: ImageSpec) -> str:
+        stat = Path(spec.path).stat()
+        payload = json.dumps({**asdict(spec), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns},
+                             sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    def path(self, spec: ImageSpec) -> Path:
+        key = self.key(spec)
+        return self.dir / key[:2] / f"{key}.npz"
+
+    def load(self, spec: ImageSpec) -> tuple[np.ndarray, np.ndarray]:
+        path = self.path(spec)
+        try:
+            with np.load(path) as data:
+                return data["feats"], data["labels"]
+        except FileNotFoundError as exc:
+            raise RuntimeError(f"feature cache has no entry for {spec} ({path}); "
+                               "build it first (FeatureCache.build)") from exc
+
+    def missing(self, specs: Iterable[ImageSpec]) -> list[ImageSpec]:
+        unique = list(dict.fromkeys(specs))
+        return [s for s in unique if not self.path(s).exists()]
+
+    def build(self, specs: Iterable[ImageSpec], *, rank: int = 0, world_size: int = 1,
+              progress: bool = True, desc: str = "caching features") -> CacheStats:
+        """Compute and store every missing entry; each rank builds every world_size-th."""
+        specs = list(dict.fromkeys(specs))
+        # Shard the full list, then skip what exists: filtering first would make the shards
+        # depend on how far the other ranks have already got.
+        todo = sorted(self.missing(specs[rank::world_size]), key=self._size_key)
+        stats = CacheStats(total=len(specs))
+        if not todo:
+            return stats
+        from tqdm import tqdm
+
+        device = _device_of(self.model)
+        was_training = self.model.training
+        self.model.eval()
+        start = time.perf_counter()
+        bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress, leave=False)
+        buffer: list[tuple[ImageSpec, np.ndarray, np.ndarray]] = []
+
+        def flush():
+            t0 = time.perf_counter()
+            tensors = [torch.from_numpy(normalise(rgb, self.prep)) for _, rgb, _ in buffer]
+            for positions, x in group_by_shape(tensors):
+                feats = self.model.forward_frozen(x.to(device)).float().cpu().numpy()
+                for j, i in enumerate(positions.tolist()):
+                    spec, _, labels = buffer[i]
+                    self._write(spec, feats[j].astype(np.float16), labels)
+            stats.forward_seconds += time.perf_counter() - t0
+            stats.built += len(buffer)
+            bar.update(len(buffer))
+            buffer.clear()
+
+        def timed_render(spec):
+            t0 = time.perf_counter()
+            rgb, labels = render(spec, self.prep)
+            return spec, rgb, labels, time.perf_counter() - t0
+
+        try:
+            for spec, rgb, labels, seconds in prefetch(timed_render, todo, ahead=2 * self.batch_size):
+                stats.render_seconds += seconds
+                buffer.append((spec, rgb, labels))
+                if len(buffer) >= self.batch_size:
+                    flush()
+            if buffer:
+                flush()
+        finally:
+            bar.close()
+            self.model.train(was_training)
+        stats.seconds = time.perf_counter() - start
+        return stats
+
+    def _size_key(self, spec: ImageSpec) -> tuple[int, int]:
+        """The model-resolution size, from the file header: sorting by it fills batches with
+        equal shapes, and each new shape costs the CPU kernels a one-off set-up."""
+        from PIL import Image
+
+        try:
+            with Image.open(spec.path) as image:
+                return self.prep.target_size(*image.size)
+        except (OSError, ValueError):
+            return (0, 0)  # unreadable: render() reports it with the file's name
+
+    def _write(self, spec: ImageSpec, feats: np.ndarray, labels: np.ndarray) -> None:
+        path = self.path(spec)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as handle:
+            np.savez(handle, feats=feats, labels=labels.astype(np.float32))
+        os.replace(tmp, path)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def prefetch(fn: Callable, items: Sequence, ahead: int = 8, workers: int = 2) -> Iterator:
+    """``map(fn, items)`` in order, computed by a thread pool at most ``ahead`` items ahead.
+
+    Decoding, resizing and distorting release the GIL (Pillow, OpenCV, NumPy), so they
+    overlap with the network's forward pass without holding every image in memory.
+    """
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque = deque()
+        it = iter(items)
+        for item in it:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()

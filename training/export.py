@@ -1,0 +1,410 @@
+"""Export a trained QualityNet to a self-contained ONNX file that follows the contract.
+
+``iqa export CHECKPOINT -o OUT.onnx`` rebuilds the model from the checkpoint, exports it
+with dynamic batch, height and width, writes the metadata inference needs, and checks
+that onnxruntime gives the same numbers as torch on real photos before it succeeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import warnings
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from iqa.inference.contract import (
+    FACTORS_OUTPUT,
+    INPUT_NAME,
+    META_BACKBONE,
+    META_CREATED,
+    META_FACTOR_NAMES,
+    META_LICENSE,
+    META_METRICS,
+    META_MODEL_VERSION,
+    META_PREPROCESSING,
+    META_TRAINING_DATA,
+    SCORE_OUTPUT,
+    Preprocessing,
+)
+
+DEFAULT_OPSET = 17  # the TorchScript exporter's best-tested opset; onnxruntime 1.17+ runs it
+PARITY_ATOL = 1e-4
+
+LIVE_NOTICE = (
+    "Trained on the LIVE In the Wild Image Quality Challenge Database: Copyright (c) 2015 "
+    "The University of Texas at Austin. D. Ghadiyaram and A.C. Bovik, \"Massive Online "
+    "Crowdsourced Study of Subjective and Objective Picture Quality\", IEEE TIP; "
+    "http://live.ece.utexas.edu/research/ChallengeDB/index.html. See README-LIVE.txt for "
+    "the full notice, which must accompany copies of the database."
+)
+
+
+class ExportError(RuntimeError):
+    """The model could not be exported, or the export does not match torch."""
+
+
+class ParityError(ExportError):
+    """onnxruntime's outputs differ from torch's by more than the tolerance."""
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    max_abs_score: float
+    max_abs_factors: float
+    shapes: tuple[tuple[int, ...], ...]
+
+    def __str__(self) -> str:
+        shapes = ", ".join("x".join(map(str, s)) for s in self.shapes)
+        return (f"max |torch - onnxruntime|: score {self.max_abs_score:.2e}, "
+                f"factors {self.max_abs_factors:.2e} on {shapes}")
+
+
+def _score_only(model):
+    """Wrap a model without a factor head so the graph has the `score` output only."""
+    import torch
+
+    class ScoreOnly(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x)[0]
+
+    return ScoreOnly(model)
+
+
+def _device_of(model):
+    return next(model.parameters()).device
+
+
+def _has_factors(model) -> bool:
+    return getattr(model, "num_factors", 0) > 0
+
+
+def _torch_to_onnx_bytes(model, opset: int, exporter: str) -> bytes:
+    import torch
+
+    has_factors = _has_factors(model)
+    module = model if has_factors else _score_only(model)
+    outputs = [SCORE_OUTPUT] + ([FACTORS_OUTPUT] if has_factors else [])
+    sample = torch.zeros(1, 3, 64, 96, device=_device_of(model))
+    if exporter == "torchscript":
+        # The TorchScript exporter is deprecated in favour of dynamo, but it exports a
+        # Lite0 in under a second where dynamo takes minutes on a small CPU, and both give
+        # the same graph numerically (parity below 1e-6). Silence only its deprecation notice.
+        axes = {INPUT_NAME: {0: "N", 2: "H", 3: "W"}, SCORE_OUTPUT: {0: "N"}}
+        if has_factors:
+            axes[FACTORS_OUTPUT] = {0: "N"}
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
+            torch.onnx.export(module, (sample,), buffer, dynamo=False, opset_version=opset,
+                              input_names=[INPUT_NAME], output_names=outputs,
+                              dynamic_axes=axes, do_constant_folding=True)
+        return buffer.getvalue()
+    if exporter == "dynamo":
+        dim = torch.export.Dim.DYNAMIC
+        program = torch.onnx.export(module, (sample,), dynamo=True, opset_version=max(opset, 18),
+                                    input_names=[INPUT_NAME], output_names=outputs,
+                                    dynamic_shapes=({0: dim, 2: dim, 3: dim},),
+                                    external_data=False, verbose=False)
+        return program.model_proto.SerializeToString()
+    raise ExportError(f"unknown exporter '{exporter}' (use 'torchscript' or 'dynamo')")
+
+
+def default_metadata(model, preprocessing: Preprocessing) -> dict[str, str]:
+    """Metadata every export carries; the caller's entries are added on top."""
+    kwargs = getattr(model, "model_kwargs", {})
+    meta = {
+        META_PREPROCESSING: preprocessing.to_json(),
+        META_BACKBONE: str(kwargs.get("backbone", type(model).__name__)),
+        META_MODEL_VERSION: "unversioned",
+        META_TRAINING_DATA: "unknown",
+        META_METRICS: json.dumps({}),
+        META_CREATED: datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+    }
+    if _has_factors(model):
+        meta[META_FACTOR_NAMES] = json.dumps(list(model.factor_names))
+    return meta
+
+
+def _as_text(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def set_metadata(proto, metadata: dict) -> None:
+    """Replace an ONNX model's metadata_props by ``metadata`` (non-strings as JSON)."""
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, _as_text(value)
+
+
+def export_onnx(
+    model,
+    out_path: str | os.PathLike,
+    preprocessing: Preprocessing | None = None,
+    metadata: dict | None = None,
+    opset: int = DEFAULT_OPSET,
+    exporter: str = "torchscript",
+) -> Path:
+    """Export ``model`` (a QualityNet) to one self-contained ONNX file.
+
+    ``preprocessing`` defaults to ``model.preprocessing``; ``metadata`` entries (contract
+    keys, values as strings or JSON-able objects) override the defaults.
+    """
+    import onnx
+
+    if opset < 17:
+        raise ExportError(f"opset {opset} is too old: the contract needs opset 17 or newer")
+    preprocessing = preprocessing or model.preprocessing
+    was_training = model.training
+    model.eval()
+    try:
+        proto = onnx.load_from_string(_torch_to_onnx_bytes(model, opset, exporter))
+    finally:
+        model.train(was_training)
+    set_metadata(proto, {**default_metadata(model, preprocessing), **(metadata or {})})
+    onnx.checker.check_model(proto)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    # Weights stay inside the file (a Lite0 is ~16 MB, far below protobuf's 2 GB limit).
+    onnx.save_model(proto, str(out_path), save_as_external_data=False)
+    return out_path
+
+
+def parity_images() -> list[np.ndarray]:
+    """Real photos for the parity check: scikit-image's public-domain samples.
+
+    Without scikit-image (a dev dependency) smooth synthetic images stand in; they still
+    exercise every layer, just with less natural statistics.
+    """
+    try:
+        from skimage import data
+
+        return [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()]
+    except ImportError:
+        rng = np.random.default_rng(0)
+        yy, xx = np.mgrid[0:480, 0:640] / 480.0
+        base = np.stack([np.sin(3 * xx), np.cos(2 * yy), xx * yy], axis=-1)
+        noisy = base + rng.normal(0, 0.05, base.shape)
+        return [np.clip((noisy * 0.5 + 0.5) * 255, 0, 255).astype(np.uint8)]
+
+
+def parity_sizes(preprocessing: Preprocessing) -> list[tuple[int, int]]:
+    """(height, width) of the parity inputs, around the policy's own resolution.
+
+    For the default 320 px policy: 320x320, 320x448 (landscape), 448x320 (portrait) and
+    384x512 (larger than inference ever sends).
+    """
+    m = preprocessing.size_multiple
+    side = max(m, preprocessing.shorter_side // m * m)
+    long = side + 4 * m
+    return [(side, side), (side, long), (long, side), (side + 2 * m, long + 2 * m)]
+
+
+def parity_inputs(preprocessing: Preprocessing,
+                  images: list[np.ndarray] | None = None) -> list[np.ndarray]:
+    """Batches (N x 3 x H x W) of real photos, built with the inference preprocessing code.
+
+    Each photo is cropped to a size's aspect ratio and resized by the policy itself, so
+    the resize and normalisation are exactly what inference runs. The last size is also
+    run as a batch of two, and one photo goes through the unmodified policy.
+    """
+    from PIL import Image
+
+    from iqa.inference.preprocess import to_model_input
+
+    photos = [Image.fromarray(a).convert("RGB") for a in (images or parity_images())]
+
+    def at(photo: Image.Image, height: int, width: int) -> np.ndarray:
+        w, h = photo.size
+        scale = min(w / width, h / height)
+        cw, ch = int(width * scale), int(height * scale)
+        left, top = (w - cw) // 2, (h - ch) // 2
+        cropped = photo.crop((left, top, left + cw, top + ch))
+        policy = replace(preprocessing, shorter_side=min(height, width),
+                         max_longer_side=max(height, width))
+        return to_model_input(cropped, policy)
+
+    sizes = parity_sizes(preprocessing)
+    batches = [at(photos[i % len(photos)], h, w)[None] for i, (h, w) in enumerate(sizes)]
+    batches.append(np.stack([at(photos[i % len(photos)], *sizes[-1]) for i in (1, 2)]))
+    batches.append(to_model_input(photos[0], preprocessing)[None])
+    return batches
+
+
+def check_parity(
+    model,
+    onnx_path: str | os.PathLike,
+    inputs: list[np.ndarray] | None = None,
+    atol: float = PARITY_ATOL,
+) -> ParityReport:
+    """Compare torch and onnxruntime outputs; raise ParityError beyond ``atol``."""
+    import onnxruntime as ort
+    import torch
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    output_names = [o.name for o in session.get_outputs()]
+    if inputs is None:
+        inputs = parity_inputs(model.preprocessing)
+    device = _device_of(model)
+    was_training = model.training
+    model.eval()
+    worst_score = worst_factors = 0.0
+    try:
+        for batch in inputs:
+            with torch.no_grad():
+                score, factors = (t.cpu() for t in model(torch.from_numpy(batch).to(device)))
+            result = dict(zip(output_names, session.run(None, {INPUT_NAME: batch}), strict=True))
+            worst_score = max(worst_score, float(np.abs(result[SCORE_OUTPUT] - score.numpy()).max()))
+            if FACTORS_OUTPUT in result:
+                diff = np.abs(result[FACTORS_OUTPUT] - factors.numpy()).max()
+                worst_factors = max(worst_factors, float(diff))
+    finally:
+        model.train(was_training)
+    report = ParityReport(worst_score, worst_factors, tuple(b.shape for b in inputs))
+    if worst_score > atol or worst_factors > atol:
+        raise ParityError(f"{onnx_path}: torch and onnxruntime disagree beyond {atol}: {report}")
+    return report
+
+
+# ------------------------------------------------------------------ checkpoint -> ONNX
+
+
+def license_text(checkpoint: dict) -> str:
+    """The licence notice for the exported weights, from the checkpoint's metadata."""
+    from iqa.models import BACKBONES
+
+    metadata = checkpoint.get("metadata") or {}
+    if metadata.get("license"):
+        return str(metadata["license"])
+    kwargs = checkpoint.get("model_kwargs") or {}
+    backbone = kwargs.get("backbone", "unknown")
+    pretrained = ((checkpoint.get("config") or {}).get("model") or {}).get("pretrained", True)
+    source = BACKBONES.get(backbone)
+    if pretrained is True and source is not None:
+        parts = [f"Backbone {backbone} initialised from the ImageNet weights of the "
+                 f"{source.pip_name} package ({source.license})."]
+    elif pretrained:
+        parts = [f"Backbone {backbone} initialised from {Path(str(pretrained)).name}: "
+                 "see the licence of those weights."]
+    else:
+        parts = [f"Backbone {backbone} trained from random initialisation."]
+    training_data = str(metadata.get("training_data", "")).lower()
+    if "livec" in training_data or "live challenge" in training_data:
+        parts.append(LIVE_NOTICE)
+    return " ".join(parts)
+
+
+def model_from_checkpoint(checkpoint: dict):
+    """Rebuild the QualityNet a checkpoint was trained as, with its weights."""
+    from iqa.models import BackboneError, create_model
+
+    missing = [k for k in ("model", "model_kwargs") if k not in checkpoint]
+    if missing:
+        raise ExportError(f"checkpoint lacks {', '.join(missing)}: not written by `iqa train`?")
+    try:
+        model = create_model(**checkpoint["model_kwargs"], pretrained=False)
+        model.load_state_dict(checkpoint["model"], strict=True)
+    except (BackboneError, TypeError, RuntimeError) as exc:
+        raise ExportError(f"cannot rebuild the model from the checkpoint: {exc}") from exc
+    if checkpoint.get("preprocessing"):  # the trainer's resolved policy, overrides included
+        model.preprocessing = Preprocessing.from_json(json.dumps(checkpoint["preprocessing"]))
+    return model.eval()
+
+
+def checkpoint_metadata(checkpoint: dict, source: Path, model_version: str | None) -> dict:
+    metadata = checkpoint.get("metadata") or {}
+    config = checkpoint.get("config") or {}
+    version = model_version or metadata.get("model_version") or config.get("name") or source.stem
+    return {
+        META_MODEL_VERSION: str(version),
+        META_TRAINING_DATA: str(metadata.get("training_data", "unknown")),
+        META_METRICS: metadata.get("validation_metrics") or {},
+        META_LICENSE: license_text(checkpoint),
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", type=Path, help="checkpoint written by `iqa train` (.pt)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="ONNX file to write")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                        help=f"ONNX opset, 17 or newer (default {DEFAULT_OPSET})")
+    parser.add_argument("--model-version", help="version string stored in the metadata "
+                        "(default: the config's name or the checkpoint's file name)")
+    parser.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript",
+                        help="torch ONNX exporter (default torchscript: fast, tested)")
+    parser.add_argument("--quantize", action="store_true",
+                        help="also write OUT.int8.onnx, quantized to int8 with onnxruntime")
+    parser.add_argument("--quantize-method", choices=("static", "dynamic"), default="static",
+                        help="static QDQ calibrated on photos (default; faster than fp32 on "
+                        "CPU) or dynamic (no calibration, but much slower for conv nets)")
+    parser.add_argument("--calibration-method", choices=("percentile", "minmax"),
+                        default="percentile",
+                        help="activation ranges for static int8: percentile (default, closer "
+                        "to fp32) or minmax (faster to calibrate)")
+    parser.add_argument("--calibration-images", type=Path, nargs="+",
+                        help="images or folders for int8 calibration (default: sample photos)")
+    parser.add_argument("--no-parity-check", action="store_true",
+                        help="skip comparing torch and onnxruntime outputs")
+
+
+def run(args: argparse.Namespace) -> int:
+    from iqa.training.checkpoint import load_checkpoint
+
+    try:
+        checkpoint = load_checkpoint(args.checkpoint)
+    except FileNotFoundError as exc:
+        print(f"iqa export: {exc}", file=sys.stderr)
+        return 2
+    try:
+        model = model_from_checkpoint(checkpoint)
+        metadata = checkpoint_metadata(checkpoint, args.checkpoint, args.model_version)
+        path = export_onnx(model, args.output, metadata=metadata, opset=args.opset,
+                           exporter=args.exporter)
+        size_mb = path.stat().st_size / 1e6
+        print(f"wrote {path} ({size_mb:.1f} MB, opset {args.opset})")
+        if not args.no_parity_check:
+            print(f"parity: {check_parity(model, path)}")
+        if args.quantize:
+            from iqa.training.quantize import calibration_images_from, quantize_onnx
+
+            images = calibration_images_from(args.calibration_images)
+            int8 = quantize_onnx(path, images=images, method=args.quantize_method,
+                                 calibration=args.calibration_method)
+            report = compare_int8(path, int8, model.preprocessing)
+            print(f"wrote {int8} ({int8.stat().st_size / 1e6:.1f} MB); {report}")
+    except ExportError as exc:
+        print(f"iqa export: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def compare_int8(fp32_path: Path, int8_path: Path, preprocessing: Preprocessing) -> str:
+    """One line on how far the int8 model's scores are from the fp32 model's.
+
+    The photos go through the model's own resize policy, as at inference.
+    """
+    import onnxruntime as ort
+    from PIL import Image
+
+    from iqa.inference.preprocess import to_model_input
+
+    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+                for p in (fp32_path, int8_path)]
+    diffs = []
+    for photo in parity_images():
+        batch = to_model_input(Image.fromarray(photo), preprocessing)[None]
+        fp32, int8 = (s.run([SCORE_OUTPUT], {INPUT_NAME: batch})[0] for s in sessions)
+        diffs.append(float(np.abs(fp32 - int8).max()))
+    return (f"int8 vs fp32 on {len(diffs)} sample photos: max |score difference| "
+            f"{max(diffs):.4f} (scripts/quantize_eval.py measures SRCC on a labelled set)")
