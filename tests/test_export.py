@@ -1,0 +1,181 @@
+"""ONNX export: contract I/O, metadata, torch/onnxruntime parity, int8 and `iqa export`."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("timm")
+
+from PIL import Image  # noqa: E402
+
+from iqa.inference import QualityModel  # noqa: E402
+from iqa.inference.cli import main  # noqa: E402
+from iqa.inference.contract import (  # noqa: E402
+    FACTOR_NAMES,
+    META_BACKBONE,
+    META_CREATED,
+    META_FACTOR_NAMES,
+    META_LICENSE,
+    META_METRICS,
+    META_MODEL_VERSION,
+    META_PREPROCESSING,
+    META_TRAINING_DATA,
+    Preprocessing,
+)
+from iqa.inference.preprocess import to_model_input  # noqa: E402
+from iqa.models import create_model  # noqa: E402
+from iqa.training.export import (  # noqa: E402
+    ParityError,
+    check_parity,
+    export_onnx,
+    parity_inputs,
+    parity_sizes,
+)
+from iqa.training.quantize import META_QUANTIZATION  # noqa: E402
+
+K = len(FACTOR_NAMES)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    net = create_model("tf_efficientnet_lite0", pretrained=False, freeze_blocks=4, head_hidden=32)
+    # A small resolution policy keeps the parity runs fast; the graph is the same at 320 px.
+    net.preprocessing = replace(net.preprocessing, shorter_side=64, max_longer_side=160)
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def onnx_path(model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "lite0.onnx"
+    return export_onnx(model, out, metadata={META_MODEL_VERSION: "test-1",
+                                             META_METRICS: {"srcc": 0.5}})
+
+
+@pytest.fixture(scope="module")
+def cli_run(model, tmp_path_factory):
+    """`iqa export --quantize` on a checkpoint in the trainer's format."""
+    folder = tmp_path_factory.mktemp("cli")
+    checkpoint = {
+        "model": model.state_dict(),
+        "model_kwargs": model.model_kwargs,
+        "config": {"name": "lite0-test", "model": {"pretrained": True}},
+        "preprocessing": json.loads(model.preprocessing.to_json()),
+        "epoch": 3, "step": 30, "best_metric": 0.5,
+        "metadata": {"training_data": "livec: 8 train / 2 val images",
+                     "validation_metrics": {"srcc": 0.42}},
+        "optimizer": {},
+    }
+    torch.save(checkpoint, folder / "best.pt")
+    out = folder / "model.onnx"
+    code = main(["export", str(folder / "best.pt"), "-o", str(out), "--quantize"])
+    return code, out, folder / "model.int8.onnx"
+
+
+def _metadata(path) -> dict[str, str]:
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+
+def test_graph_follows_the_contract(onnx_path):
+    proto = onnx.load(str(onnx_path))
+    dims = {
+        v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in list(proto.graph.input) + list(proto.graph.output)
+    }
+    assert dims == {"image": ["N", 3, "H", "W"], "score": ["N"], "factors": ["N", K]}
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    # Self-contained: every weight is stored inside the file.
+    assert all(t.data_location == onnx.TensorProto.DEFAULT for t in proto.graph.initializer)
+    assert list(onnx_path.parent.iterdir()) == [onnx_path]
+    assert 10e6 < onnx_path.stat().st_size < 20e6
+
+
+def test_metadata_carries_what_inference_needs(onnx_path, model):
+    meta = _metadata(onnx_path)
+    prep = Preprocessing.from_json(meta[META_PREPROCESSING])
+    assert prep == model.preprocessing and prep.mean == (0.5, 0.5, 0.5)
+    assert json.loads(meta[META_FACTOR_NAMES]) == list(FACTOR_NAMES)
+    assert meta[META_BACKBONE] == "tf_efficientnet_lite0"
+    assert meta[META_MODEL_VERSION] == "test-1"
+    assert json.loads(meta[META_METRICS]) == {"srcc": 0.5}
+    assert meta[META_CREATED][:2] == "20"
+
+
+def test_parity_on_real_photos_at_several_sizes(model, onnx_path):
+    inputs = parity_inputs(model.preprocessing)
+    shapes = {b.shape for b in inputs}
+    assert (2, 3, 128, 256) in shapes  # the batch of two
+    assert {(h, w) for _, _, h, w in shapes} >= set(parity_sizes(model.preprocessing))
+    report = check_parity(model, onnx_path, inputs)
+    assert report.max_abs_score < 1e-4 and report.max_abs_factors < 1e-4
+
+
+def test_parity_check_catches_a_different_model(model, onnx_path):
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.score_head.fc2.bias += 0.5
+    with pytest.raises(ParityError, match="disagree"):
+        check_parity(other, onnx_path, parity_inputs(model.preprocessing)[:1])
+
+
+def test_quality_model_scores_like_torch(model, onnx_path, photo):
+    scorer = QualityModel(onnx_path)
+    assert scorer.preprocessing == model.preprocessing
+    result = scorer.score(photo)
+    x = torch.from_numpy(to_model_input(Image.fromarray(photo), model.preprocessing))[None]
+    with torch.no_grad():
+        score, factors = model(x)
+    assert result.score == pytest.approx(float(score), abs=1e-4)
+    assert list(result.factors) == list(FACTOR_NAMES)
+    assert np.allclose(list(result.factors.values()), factors[0].numpy(), atol=1e-4)
+
+
+def test_model_without_factor_head_exports_score_only(tmp_path):
+    net = create_model(pretrained=False, num_factors=0, head_hidden=16).eval()
+    path = export_onnx(net, tmp_path / "score_only.onnx")
+    scorer = QualityModel(path)
+    assert not scorer.has_factors and META_FACTOR_NAMES not in scorer.metadata
+
+
+def test_cli_export_writes_checked_model_and_int8_copy(cli_run, model):
+    code, fp32, int8 = cli_run
+    assert code == 0
+    meta = _metadata(fp32)
+    assert meta[META_MODEL_VERSION] == "lite0-test"
+    assert meta[META_TRAINING_DATA].startswith("livec")
+    assert json.loads(meta[META_METRICS]) == {"srcc": 0.42}
+    assert "Apache-2.0" in meta[META_LICENSE] and "LIVE" in meta[META_LICENSE]
+    int8_meta = _metadata(int8)
+    assert "static QDQ" in int8_meta[META_QUANTIZATION]
+    assert {k: v for k, v in int8_meta.items() if k != META_QUANTIZATION} == meta
+    assert int8.stat().st_size < fp32.stat().st_size / 2
+
+
+def test_int8_scores_stay_close_to_fp32(cli_run, photo):
+    from skimage import data
+
+    _, fp32, int8 = cli_run
+    exact, quantized = QualityModel(fp32), QualityModel(int8)
+    images = [photo, photo[::2, ::2], photo[:300], data.coffee(), data.chelsea()[:200, :250]]
+    diffs = np.array([abs(exact.score(i).score - quantized.score(i).score) for i in images])
+    # A random-init network at 64 px is a harsh case for int8 (few pixels to average the
+    # rounding over); scripts/quantize_eval.py measures a real model on a labelled set.
+    assert diffs.mean() < 0.1 and diffs.max() < 0.2
+
+
+def test_cli_reports_a_bad_checkpoint(tmp_path, capsys, model):
+    torch.save({"model": {}}, tmp_path / "bad.pt")
+    assert main(["export", str(tmp_path / "bad.pt"), "-o", str(tmp_path / "x.onnx")]) == 1
+    assert "lacks model_kwargs" in capsys.readouterr().err
+    wrong_kwargs = {**model.model_kwargs, "head_hidden": 8}
+    torch.save({"model": model.state_dict(), "model_kwargs": wrong_kwargs}, tmp_path / "bad.pt")
+    assert main(["export", str(tmp_path / "bad.pt"), "-o", str(tmp_path / "x.onnx")]) == 1
+    assert "cannot rebuild the model" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "x.onnx")]) == 2
