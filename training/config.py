@@ -59,6 +59,7 @@ DEFAULTS: dict[str, Any] = {
     "synthetic": {
         "enabled": True,
         "root": None,  # folder of pristine photos, walked recursively
+        "subsets": None,  # only these sub-folders of root (e.g. licence-compatible sets)
         "max_photos": None,
         "groups_per_photo": 2,  # (original, weak, strong) groups of one distortion each
         "composed_per_photo": 1,  # (original, compose()d) pairs

@@ -109,18 +109,32 @@ class SyntheticGroup:
     pairs: tuple[tuple[int, int], ...]
 
 
-def list_photos(root: str | os.PathLike, max_photos: int | None = None, seed: int = 0) -> list[Path]:
-    """Image files under ``root`` (recursive). With ``max_photos``, a seeded, spread-out subset
-    (hash order, so it draws from every sub-collection rather than the first folder)."""
+def list_photos(
+    root: str | os.PathLike,
+    max_photos: int | None = None,
+    seed: int = 0,
+    subsets: Sequence[str] | None = None,
+) -> list[Path]:
+    """Image files under ``root`` (recursive). ``subsets`` keeps only these sub-folders of
+    ``root`` (e.g. the collections whose licence allows shipping derived weights). With
+    ``max_photos``, a seeded, spread-out subset (hash order, so it draws from every
+    sub-collection rather than the first folder)."""
+    from iqa.training.config import ConfigError
+
     root = Path(root)
     if not root.is_dir():
-        from iqa.training.config import ConfigError
-
         raise ConfigError(f"synthetic.root is not a folder: {root}")
-    photos = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    folders = [root / name for name in subsets] if subsets else [root]
+    missing = [str(f) for f in folders if not f.is_dir()]
+    if missing:
+        raise ConfigError(f"synthetic.subsets: no such folder(s): {', '.join(missing)}")
+    photos = sorted(
+        p
+        for folder in folders
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    )
     if not photos:
-        from iqa.training.config import ConfigError
-
         raise ConfigError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
     if max_photos is not None and len(photos) > max_photos:
         photos = sorted(photos, key=lambda p: _stable_hash(seed, p.relative_to(root).as_posix()))

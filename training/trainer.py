@@ -122,7 +122,7 @@ def prepare_data(cfg: dict, run_dir: Path, info: DistInfo, resuming: bool) -> Tr
     pool, photos = [], []
     syn = cfg["synthetic"]
     if syn["enabled"]:
-        photos = list_photos(syn["root"], syn["max_photos"], int(syn["seed"]))
+        photos = list_photos(syn["root"], syn["max_photos"], int(syn["seed"]), syn.get("subsets"))
         pool = build_synthetic_pool(photos, syn["root"], syn)
     return TrainData(train, val, pool, photos, describe_data(cfg, train, val, photos, pool))
 
@@ -355,7 +355,14 @@ class Trainer:
         self.stride = frozen_stride(self.model, self.prep)
         crop = cfg["augment"]["crop"]
         self.crop_px = (int(crop) // self.stride) * self.stride if crop else None
+        self.source = self._build_source()
+        self._build_optimisation()
+        self.weights = LossWeights.from_config(cfg["loss"])
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
 
+    def _build_source(self):
+        """The feature cache (built now, each rank its share) or the on-the-fly renderer."""
+        cfg, info = self.cfg, self.info
         if cfg["cache_features"]:
             if not self.model.freeze_blocks:
                 raise ConfigError("cache_features needs model.freeze_blocks > 0 "
@@ -377,10 +384,12 @@ class Trainer:
                 self.log(f"feature cache: built {stats.built} of {stats.total} entries in "
                          f"{stats.seconds:.1f} s ({stats.seconds_per_image:.3f} s/img) "
                          f"under {self.cache.dir}")
-            self.source = FeatureSource(self.cache)
-        else:
-            self.source = ImageSource(self.prep, self.stride)
+            return FeatureSource(self.cache)
+        return ImageSource(self.prep, self.stride)
 
+    def _build_optimisation(self) -> None:
+        """Step counts, AdamW with layer-wise groups, warm-up + cosine, AMP, DDP wrapper."""
+        cfg, info = self.cfg, self.info
         o = cfg["optim"]
         self.batch_size = int(o["batch_size"])
         syn = cfg["synthetic"]
@@ -415,8 +424,6 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.runner = DistributedDataParallel(self.step_model, device_ids=ids)
-        self.weights = LossWeights.from_config(cfg["loss"])
-        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
 
     def _specs_to_cache(self) -> list[ImageSpec]:
         flip_auth = bool(self.cfg["augment"]["flip"])
