@@ -50,9 +50,11 @@ def run_recipe(config: Path, data_root: str | None, run_dir: Path, cache_dir: Pa
 
 def project(cfg: dict, cache_s: float, step_s: float, val_s: float) -> dict:
     """Minutes for a full run of ``cfg`` on the whole LIVE Challenge copy (871 images)."""
+    from iqa.training.data import list_photos
+
     train, val = 697, 174
-    photos = 767
     syn = cfg["synthetic"]
+    photos = len(list_photos(syn["root"], None, int(syn["seed"]), syn.get("subsets")))
     per_photo = 1 + 2 * int(syn["groups_per_photo"]) + int(syn["composed_per_photo"])
     group_size = (3 * int(syn["groups_per_photo"]) + 2 * int(syn["composed_per_photo"])) / (
         int(syn["groups_per_photo"]) + int(syn["composed_per_photo"]))
@@ -61,6 +63,7 @@ def project(cfg: dict, cache_s: float, step_s: float, val_s: float) -> dict:
     epoch_images = steps * int(cfg["optim"]["batch_size"]) + int(syn["groups_per_epoch"]) * group_size
     epochs = int(cfg["optim"]["epochs"])
     return {
+        "photos": photos,
         "cache_entries": entries,
         "cache_minutes": entries * cache_s / 60,
         "epoch_images": epoch_images,
@@ -68,6 +71,30 @@ def project(cfg: dict, cache_s: float, step_s: float, val_s: float) -> dict:
         "epochs": epochs,
         "total_minutes": (entries * cache_s + epochs * (epoch_images * step_s + val * val_s)) / 60,
     }
+
+
+def threads_comparison(batch: int = 24, repeats: int = 4) -> dict[int, float]:
+    """s/img of one cached-path step (forward + backward of blocks[4:] and heads on 18x18
+    feature crops) with 1 and 2 torch threads, as the machine is loaded right now."""
+    import torch
+
+    from iqa.models import create_model
+
+    before = torch.get_num_threads()
+    model = create_model(pretrained=False, freeze_blocks=4).train()
+    x = torch.randn(batch, 80, 18, 18)
+    out = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            score, factors = model.forward_trainable(x)
+            (score.sum() + factors.sum()).backward()
+            times.append(time.perf_counter() - start)
+        out[threads] = min(times[1:]) / batch
+    torch.set_num_threads(before)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
          results["full_finetune"]["step_seconds_per_image"]),
     ]
     threads = torch.get_num_threads()
+    compare = threads_comparison()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [
         "### Training throughput",
@@ -142,10 +170,15 @@ def main(argv: list[str] | None = None) -> int:
         *[f"| {label} | {s:.3f} | {1 / s if s else float('nan'):.1f} |" for label, s in rows],
         "",
         f"Projected full run of `{Path(args.config).name}` on the 871-image LIVE Challenge copy "
-        f"and 767 pristine photos: feature cache {est['cache_entries']} entries, "
+        f"and {est['photos']} pristine photos: feature cache {est['cache_entries']} entries, "
         f"{est['cache_minutes']:.0f} min (built once, reused by later runs); "
         f"{est['epoch_images']:.0f} images per epoch, {est['epoch_minutes']:.1f} min per epoch "
         f"with validation; {est['epochs']} epochs: **{est['total_minutes']:.0f} min in all**.",
+        "",
+        f"Threads: one cached-path step costs {compare[1]:.3f} s/img with 1 torch thread and "
+        f"{compare[2]:.3f} s/img with 2, under the same load. When other jobs share the "
+        "cores, two threads wait on each other; pass `iqa train --threads 1` whenever the "
+        "second figure is the larger.",
     ]
     text = "\n".join(lines)
     print(text)

@@ -52,8 +52,10 @@ def fake_livec(root: Path, count: int = 15) -> Path:
 
 
 def fake_pristine(root: Path, count: int = 3) -> Path:
+    """Photos in two of the real collection folders (the recipes pick sub-folders by name)."""
     for i in range(count):
-        make_photo(root / f"set{i % 2}" / f"p{i}.jpg", 96, 72, seed=200 + i)
+        make_photo(root / ("kodak24", "wikipedia")[i % 2] / f"p{i}.jpg", 96, 72, seed=200 + i)
+    make_photo(root / "bsds500" / "excluded.jpg", 96, 72, seed=299)  # not in the recipes' subsets
     (root / "sources.csv").write_text("image,set\n")  # non-images are skipped
     return root
 

@@ -184,8 +184,11 @@ def test_synthetic_pool_groups_are_seeded_and_ordered(tmp_path):
     root = fake_pristine(tmp_path / "pristine", count=3)
     syn = {"distortions": None, "severity_weak": [0.15, 0.45], "severity_gap": [0.2, 0.5],
            "groups_per_photo": 2, "composed_per_photo": 1, "compose_max_ops": 3, "seed": 7}
-    photos = list_photos(root)
+    photos = list_photos(root, subsets=["kodak24", "wikipedia"])
     assert [p.suffix for p in photos] == [".jpg"] * 3  # sources.csv is not a photo
+    assert len(list_photos(root)) == 4  # with the bsds500 folder
+    with pytest.raises(ConfigError, match="no such folder"):
+        list_photos(root, subsets=["kodak24", "urban100"])
     pool = build_synthetic_pool(photos, root, syn)
     assert len(pool) == 3 * 3
     for group in pool:
@@ -200,8 +203,8 @@ def test_synthetic_pool_groups_are_seeded_and_ordered(tmp_path):
         else:
             assert group.members[1].distortion == COMPOSE and group.pairs == ((0, 1),)
     # Adding a photo leaves every other photo's variants alone.
-    make_photo(root / "set0" / "extra.jpg", 96, 72, seed=9)
-    bigger = build_synthetic_pool(list_photos(root), root, syn)
+    make_photo(root / "kodak24" / "extra.jpg", 96, 72, seed=9)
+    bigger = build_synthetic_pool(list_photos(root, subsets=["kodak24", "wikipedia"]), root, syn)
     assert set(pool) <= set(bigger) and len(bigger) == 12
     assert build_synthetic_pool(photos, root, {**syn, "seed": 8}) != pool
 
@@ -262,7 +265,7 @@ def test_step_batches_keep_each_synthetic_group_in_one_window(tmp_path, tiny_mod
     from iqa.training.datasets import load_dataset
 
     records = load_dataset("livec", records_root)
-    root = fake_pristine(tmp_path / "pristine", count=1)
+    root = fake_pristine(tmp_path / "pristine", count=1) / "kodak24"
     syn = {"distortions": ["gaussian_blur"], "severity_weak": [0.3, 0.3],
            "severity_gap": [0.4, 0.4], "groups_per_photo": 1, "composed_per_photo": 0,
            "compose_max_ops": 3, "seed": 0}

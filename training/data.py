@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import Dataset
 
 from iqa.inference.contract import FACTOR_NAMES, Preprocessing
-from iqa.inference.decode import decode_image
+from iqa.inference.preprocess import decode_for_model as inference_decode
 from iqa.inference.preprocess import normalise, resize_for_model
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
@@ -61,13 +61,8 @@ class ImageSpec:
 
 
 def decode_for_model(path: str | os.PathLike, prep: Preprocessing) -> np.ndarray:
-    """HxWx3 uint8 at model resolution, decoded and resized exactly as inference does.
-
-    Mirrors ``QualityModel.decode`` (JPEG DCT draft down to no less than the shorter
-    side, then the shared ``resize_for_model``), so training sees the pixels inference sees.
-    """
-    image = decode_image(path, target_shorter_side=prep.shorter_side)
-    return np.asarray(resize_for_model(image, prep))
+    """HxWx3 uint8 at model resolution, through inference's own decode and resize."""
+    return np.asarray(resize_for_model(inference_decode(path, prep), prep))
 
 
 def render(spec: ImageSpec, prep: Preprocessing) -> tuple[np.ndarray, np.ndarray]:

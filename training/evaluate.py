@@ -120,8 +120,9 @@ def score_records(
     progress: bool = True,
 ) -> list[Prediction]:
     """Score every record with a QualityModel; failures become error rows, not exceptions."""
-    from iqa.inference import QualityResult
     from tqdm import tqdm
+
+    from iqa.inference import QualityResult
 
     predictions: list[Prediction | None] = [None] * len(records)
     failed = 0
