@@ -8,6 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from http_fixtures import NetworkGuard  # noqa: E402
 from tiny_model import build_tiny_model  # noqa: E402
 
 
@@ -28,3 +29,11 @@ def photo() -> np.ndarray:
     from skimage import data
 
     return data.astronaut()
+
+
+@pytest.fixture()
+def guard(monkeypatch):
+    """Fails the test if anything connects beyond loopback (DNS is a fixed table)."""
+    guard = NetworkGuard().install(monkeypatch)
+    yield guard
+    assert guard.blocked == [], f"a connection left loopback: {guard.blocked}"

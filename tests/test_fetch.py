@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpcore
 import pytest
-from http_fixtures import LoopbackHTTPServer, NetworkGuard, Route, encode
+from http_fixtures import LoopbackHTTPServer, Route, encode
 
 from iqa.inference.fetch import (
     DownloadTooLargeError,
@@ -25,13 +25,6 @@ from iqa.inference.fetch import (
 )
 
 LOOPBACK_ONLY = FetchPolicy(allowed_networks=("127.0.0.1/32",), read_timeout=0.5)
-
-
-@pytest.fixture()
-def guard(monkeypatch):
-    guard = NetworkGuard().install(monkeypatch)
-    yield guard
-    assert guard.blocked == [], f"a connection left loopback: {guard.blocked}"
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from http_fixtures import LoopbackHTTPServer, NetworkGuard, Route, encode, uvicorn_server
+from http_fixtures import LoopbackHTTPServer, Route, encode, uvicorn_server
 
 from iqa.inference import QualityModel
 from iqa.inference.fetch import FetchPolicy
@@ -29,13 +29,6 @@ from iqa.inference.server.settings import ServerSettings
 CHECK = "/1.0/check.json"
 REQUEST_ID = re.compile(r"^req_[A-Za-z0-9]{21}$")
 MEDIA_ID = re.compile(r"^med_[A-Za-z0-9]{21}$")
-
-
-@pytest.fixture()
-def guard(monkeypatch):
-    guard = NetworkGuard().install(monkeypatch)
-    yield guard
-    assert guard.blocked == [], f"a connection left loopback: {guard.blocked}"
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from http_fixtures import LoopbackHTTPServer, NetworkGuard, Route, encode, png_bomb_header
+from http_fixtures import LoopbackHTTPServer, Route, encode, png_bomb_header
 from PIL import Image
 
 from iqa.inference import QualityModel
@@ -25,13 +25,6 @@ from iqa.inference.server.settings import ServerSettings
 
 CHECK = "/1.0/check.json"
 MAX_UPLOAD = 200_000
-
-
-@pytest.fixture()
-def guard(monkeypatch):
-    guard = NetworkGuard().install(monkeypatch)
-    yield guard
-    assert guard.blocked == [], f"a connection left loopback: {guard.blocked}"
 
 
 @pytest.fixture(scope="module")
