@@ -82,29 +82,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
     if not argv or argv[0] not in COMMANDS:
-        args = parser.parse_args(argv)  # prints help/usage/version or an error and exits
-        parser.print_help()
+        parser = build_parser()
+        parser.parse_args(argv)  # --help, --version or an unknown command: prints and exits
+        parser.print_help()  # no command at all
         return 2
     name = argv[0]
     try:
         module = _load(name)
+        sub = argparse.ArgumentParser(prog=f"iqa {name}", description=COMMANDS[name][1])
+        module.add_arguments(sub)
+        return int(module.run(sub.parse_args(argv[1:])) or 0)
     except ModuleNotFoundError as exc:
-        if exc.name and exc.name.split(".")[0] in _EXTRA_MODULES:
-            print(_missing_extra_message(name, exc), file=sys.stderr)
-            return 2
-        raise
-    sub = argparse.ArgumentParser(prog=f"iqa {name}", description=COMMANDS[name][1])
-    module.add_arguments(sub)
-    args = sub.parse_args(argv[1:])
-    try:
-        return int(module.run(args) or 0)
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.split(".")[0] in _EXTRA_MODULES:
-            print(_missing_extra_message(name, exc), file=sys.stderr)
-            return 2
-        raise
+        if (exc.name or "").split(".")[0] not in _EXTRA_MODULES:
+            raise
+        print(_missing_extra_message(name, exc), file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
