@@ -35,8 +35,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # so training and inference see images at the same scale: keep the aspect ratio and set
 # the shorter side to SHORTER_SIDE (downscaling only is not enough: tiny images must be
 # brought to the same scale too). The longer side is capped so panoramas stay tractable.
-# 320 rather than 384: Lite0 under onnxruntime runs ~40 img/s at 320x416 on 2 CPU cores
-# against ~24 img/s at 384x512, and the end-to-end goal is 30 img/s (BENCHMARKS.md).
+# 320 rather than 384: the end-to-end goal is 30 img/s on 2 CPU cores, 320 gives 51 img/s
+# (BENCHMARKS.md, scripts/benchmark_inference.py), and 384 would cost 1.4x the pixels.
 SHORTER_SIDE = 320
 MAX_LONGER_SIDE = 1024
 
