@@ -106,14 +106,12 @@ def make_jpegs(folder: Path, count: int, size: tuple[int, int], seed: int = 0) -
 def export_random_lite0(path: Path) -> tuple[Path, str]:
     """A random-init tf_efficientnet_lite0 with score + factors outputs, per the contract.
 
-    Built and exported by the project's own training code when it is importable (the
-    same architecture and exporter as the shipped model), else by a timm stand-in.
+    Built and exported by the project's own training code (the same architecture and
+    exporter as the shipped model), so it needs the [train] extra.
     """
-    try:
-        from iqa.models import create_model
-        from iqa.training.export import export_onnx
-    except ImportError:
-        return _export_timm_lite0(path), "random-init timm `tf_efficientnet_lite0` + MLP head"
+    from iqa.models import create_model
+    from iqa.training.export import export_onnx
+
     model = create_model(backbone="tf_efficientnet_lite0", pretrained=False)
     export_onnx(
         model,
@@ -124,78 +122,6 @@ def export_random_lite0(path: Path) -> tuple[Path, str]:
         },
     )
     return path, "random-init `create_model('tf_efficientnet_lite0')` exported by `export_onnx`"
-
-
-def _export_timm_lite0(path: Path) -> Path:
-    import warnings
-
-    import onnx
-    import timm
-    import torch
-
-    from iqa.inference.contract import (
-        FACTOR_NAMES,
-        FACTORS_OUTPUT,
-        INPUT_NAME,
-        META_BACKBONE,
-        META_FACTOR_NAMES,
-        META_METRICS,
-        META_MODEL_VERSION,
-        META_PREPROCESSING,
-        META_TRAINING_DATA,
-        SCORE_OUTPUT,
-        Preprocessing,
-    )
-
-    class RandomLite0(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.backbone = timm.create_model(
-                "tf_efficientnet_lite0", pretrained=False, num_classes=0
-            )
-            self.head = torch.nn.Sequential(
-                torch.nn.Linear(self.backbone.num_features, 256),
-                torch.nn.ReLU(),
-                torch.nn.Linear(256, 1 + len(FACTOR_NAMES)),
-            )
-
-        def forward(self, x):
-            out = torch.sigmoid(self.head(self.backbone(x)))
-            return out[:, 0], out[:, 1:]
-
-    torch.manual_seed(0)
-    module = RandomLite0().eval()
-    example = torch.randn(1, 3, 384, 512)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter is fast
-        torch.onnx.export(
-            module,
-            (example,),
-            str(path),
-            input_names=[INPUT_NAME],
-            output_names=[SCORE_OUTPUT, FACTORS_OUTPUT],
-            dynamic_axes={
-                INPUT_NAME: {0: "N", 2: "H", 3: "W"},
-                SCORE_OUTPUT: {0: "N"},
-                FACTORS_OUTPUT: {0: "N"},
-            },
-            opset_version=17,
-            dynamo=False,
-        )
-    proto = onnx.load(str(path))
-    meta = {
-        META_PREPROCESSING: Preprocessing().to_json(),
-        META_FACTOR_NAMES: json.dumps(list(FACTOR_NAMES)),
-        META_MODEL_VERSION: "random-lite0-benchmark",
-        META_BACKBONE: "tf_efficientnet_lite0",
-        META_TRAINING_DATA: "none (random weights, speed benchmark only)",
-        META_METRICS: json.dumps({}),
-    }
-    for key, value in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(proto, str(path))
-    return path
 
 
 # ----------------------------------------------------------------------------- benchmarks
