@@ -266,6 +266,11 @@ def create_app(model=None, settings: ServerSettings | None = None, *, fetcher=No
 
         return await respond(request, work)
 
+    if settings.ui:
+        from .ui import add_page
+
+        add_page(app)
+
     @app.get("/health", summary="Liveness and model information")
     async def health():
         return {

@@ -82,6 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       default=[n for n in _env("IQA_ALLOW_URL_NETWORKS", "").split(",") if n],
                       help="allow URLs into this one network, e.g. 10.20.0.0/16 for an internal "
                            "image store (repeatable) [IQA_ALLOW_URL_NETWORKS, comma-separated]")
+    parser.add_argument("--no-ui", action="store_true", default=_env_flag("IQA_NO_UI"),
+                        help="do not serve the web page at / (the API is unchanged) "
+                             "[IQA_NO_UI=1]")
     parser.add_argument("--log-level", default=_env("IQA_LOG_LEVEL", "info"),
                         choices=["critical", "error", "warning", "info", "debug"],
                         help="log level (default info) [IQA_LOG_LEVEL]")
@@ -118,6 +121,7 @@ def build_settings(args: argparse.Namespace):
         max_queue=args.max_queue,
         request_timeout=args.request_timeout,
         fetch_policy=policy,
+        ui=not getattr(args, "no_ui", False),
     )
 
 

@@ -20,3 +20,5 @@ class ServerSettings:
     request_timeout: float = 60.0
     retry_after: int = 1
     fetch_policy: FetchPolicy = field(default_factory=FetchPolicy)
+    # The web page at `/` (a client of /1.0/check.json only); `iqa serve --no-ui` drops it.
+    ui: bool = True
