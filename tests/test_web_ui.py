@@ -406,6 +406,10 @@ def test_readable_at_phone_width(browser, open_server, photos):
         wait_until_settled(page, 1)
         overflow = page.evaluate("() => document.documentElement.scrollWidth")
         assert overflow <= 360, f"the page scrolls sideways at 360 px ({overflow} px wide)"
+        bars = page.eval_on_selector_all(".factors .bar", "els => els.map(e => e.clientWidth)")
+        assert bars and min(bars) >= 40, f"factor bars squeezed at 360 px: {bars}"
+        score_size = page.eval_on_selector(".score", "e => parseFloat(getComputedStyle(e).fontSize)")
+        assert score_size >= 16
     finally:
         page.context.close()
 
