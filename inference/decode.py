@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 from typing import IO
 
@@ -137,12 +138,21 @@ def _from_encoded(source, label, max_pixels, min_side, target_shorter_side) -> I
             f"({', '.join(ALLOWED_FORMATS)})"
         ) from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLargeError(f"{label}: {exc}") from exc
+        # Pillow refuses far beyond our limit on its own, with a message naming its own
+        # MAX_IMAGE_PIXELS; the caller only knows (and can change) max_pixels.
+        raise ImageTooLargeError(_bomb_message(label, exc, max_pixels)) from exc
     except OSError as exc:  # missing file, a directory, no permission, short header
         reason = exc.strerror or str(exc)
         raise ImageDecodeError(f"{label}: cannot read: {reason}") from exc
     with opened as image:
         return _finish(image, label, max_pixels, min_side, target_shorter_side)
+
+
+def _bomb_message(label: str, exc: Exception, max_pixels: int | None) -> str:
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f"{int(found.group(1)) / 1e6:.1f} MP" if found else "too many pixels"
+    limit = max_pixels if max_pixels is not None else 2 * Image.MAX_IMAGE_PIXELS
+    return f"{label}: {size}, more than the limit of {limit / 1e6:.1f} MP"
 
 
 def _head(source, size: int = 512) -> bytes:

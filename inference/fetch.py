@@ -11,7 +11,8 @@ by DNS answers that change between check and use:
   connects to an address it checked (the IP is pinned: no second DNS lookup happens);
 * redirects are followed here, hop by hop, so each hop is validated and connected to
   through the same guard;
-* the body is streamed with a byte limit, and connect, read and total timeouts apply.
+* the body is streamed raw (never decompressed) with a byte limit, a compressed
+  ``Content-Encoding`` is refused, and connect, read and total timeouts apply.
 
 Only ``http`` and ``https`` URLs are fetched. TLS certificates are verified against the
 URL's hostname as usual (httpcore sends SNI for the hostname while the socket goes to
@@ -97,6 +98,10 @@ class DownloadTooLargeError(FetchError):
 
     error_type = "media_error"
     http_status = 413
+
+
+class ContentEncodingError(FetchError):
+    """The URL answered with a compressed Content-Encoding we did not accept."""
 
 
 class UnsupportedContentTypeError(FetchError):
@@ -333,6 +338,8 @@ class ImageFetcher:
     ``backend`` replaces the network backend that finally opens sockets (for tests).
     """
 
+    CHUNK_BYTES = 64 * 1024
+
     def __init__(
         self,
         policy: FetchPolicy | None = None,
@@ -385,6 +392,13 @@ class ImageFetcher:
                 raise FetchTimeoutError(f"timed out fetching {current}: {exc!r}") from exc
             except httpx.HTTPError as exc:
                 raise FetchConnectionError(f"could not fetch {current}: {exc!r}") from exc
+            except httpx.InvalidURL as exc:
+                # `current` was validated, so this comes from the answer: httpx builds the
+                # next request from a Location header (e.g. `data:...`) even when it does
+                # not follow it, and InvalidURL is not an HTTPError.
+                raise InvalidURLError(f"{current} redirected to an invalid URL: {exc}") from exc
+            except httpx.StreamError as exc:
+                raise FetchError(f"could not read {current}: {exc!r}") from exc
         raise TooManyRedirectsError(
             f"{url} redirected more than {self.policy.max_redirects} times"
         )
@@ -413,18 +427,33 @@ class ImageFetcher:
             raise DownloadTooLargeError(
                 f"{url} is {int(declared)} bytes, more than the limit of {limit} bytes"
             )
-        chunks: list[bytes] = []
-        received = 0
-        for chunk in response.iter_bytes():
-            received += len(chunk)
-            if received > limit:
-                raise DownloadTooLargeError(f"{url} is larger than the limit of {limit} bytes")
-            if time.monotonic() > deadline:
-                raise FetchTimeoutError(
-                    f"{url} took longer than {self.policy.total_timeout:g} s to download"
-                )
-            chunks.append(chunk)
-        return FetchedMedia(data=b"".join(chunks), url=url, content_type=content_type)
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            # We sent `Accept-Encoding: identity`; inflating anyway would let a 0.5 MB
+            # body grow to gigabytes before any byte count saw it.
+            raise ContentEncodingError(
+                f"{url} answered with Content-Encoding {encoding!r} although only "
+                "'identity' was accepted"
+            )
+        body = bytearray()
+        try:
+            # iter_raw: the bytes as they came off the wire, never decoded, so the
+            # limit counts exactly what is held in memory.
+            for chunk in response.iter_raw(self.CHUNK_BYTES):
+                if len(body) + len(chunk) > limit:
+                    raise DownloadTooLargeError(
+                        f"{url} is larger than the limit of {limit} bytes"
+                    )
+                if time.monotonic() > deadline:
+                    raise FetchTimeoutError(
+                        f"{url} took longer than {self.policy.total_timeout:g} s to download"
+                    )
+                body += chunk
+            return FetchedMedia(data=bytes(body), url=url, content_type=content_type)
+        finally:
+            # The traceback of a failed fetch keeps this frame alive until the garbage
+            # collector runs; emptying the buffer gives the memory back now.
+            body.clear()
 
 
 @functools.lru_cache(maxsize=8)

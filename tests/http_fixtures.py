@@ -180,15 +180,19 @@ class LoopbackHTTPServer:
 
 # ------------------------------------------------------------------------- uvicorn
 @contextlib.contextmanager
-def uvicorn_server(app) -> Iterator[str]:
-    """Run ``app`` under uvicorn on 127.0.0.1 in a thread; yield its base URL."""
+def uvicorn_server(app, **options) -> Iterator[str]:
+    """Run ``app`` under uvicorn on 127.0.0.1 in a thread; yield its base URL.
+
+    ``options`` go to uvicorn.Config (e.g. protocol.uvicorn_options(settings), as
+    `iqa serve` passes them).
+    """
     import uvicorn
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", backlog=256)
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", backlog=256, **options)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

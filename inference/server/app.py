@@ -18,13 +18,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from starlette.datastructures import UploadFile
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..errors import IQAError
-from ..fetch import MiB
+from ..fetch import FetchError, MiB
+from .docs_ui import add_docs
 from .errors import (
     UNKNOWN,
     APIError,
@@ -35,10 +36,13 @@ from .errors import (
     MissingMediaError,
     ProcessingTimeoutError,
     RouteNotFoundError,
+    ScoringError,
     ServerBusyError,
     UploadTooLargeError,
     spec_for,
 )
+from .forms import parse_body, read_body
+from .logsafe import install_log_filters, safe
 from .metrics import Metrics, MetricsMiddleware
 from .schemas import CheckFailure, CheckSuccess
 from .service import CheckService, Upload
@@ -84,68 +88,56 @@ def _human_bytes(n: int) -> str:
     return f"{n / MiB:g} MiB" if n >= MiB else f"{n} bytes"
 
 
-def _limit_body(receive, limit: int):
-    """Wrap an ASGI receive so reading more than ``limit`` body bytes raises at once."""
-    received = 0
-
-    async def limited_receive():
-        nonlocal received
-        message = await receive()
-        if message["type"] == "http.request":
-            received += len(message.get("body", b""))
-            if received > limit:
-                raise UploadTooLargeError(f"the request body is larger than {_human_bytes(limit)}")
-        return message
-
-    return limited_receive
-
-
-async def read_post(request: Request, max_upload: int) -> tuple[dict, Upload | None]:
+async def read_post(request: Request, max_upload: int, body_timeout: float
+                    ) -> tuple[dict, Upload | None]:
     """Parse a POST body (multipart or urlencoded) into fields and the `media` upload.
 
     The size limit is enforced while reading, so an oversize upload is refused after
-    ``max_upload`` bytes, not after the client has sent gigabytes.
+    ``max_upload`` bytes, not after the client has sent gigabytes; the body must arrive
+    within ``body_timeout`` seconds; parsing runs in a worker thread.
     """
     too_large = UploadTooLargeError(f"the upload is larger than the limit of "
                                     f"{_human_bytes(max_upload)}")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_upload + FORM_OVERHEAD:
-        raise too_large
-    limited = Request(request.scope, receive=_limit_body(request.receive,
-                                                         max_upload + FORM_OVERHEAD))
     try:
-        form = await limited.form(max_files=4, max_fields=64, max_part_size=FORM_OVERHEAD)
-    except StarletteHTTPException as exc:  # starlette's MultiPartException, as a 400
-        raise MalformedBodyError(f"malformed form body: {exc.detail}") from exc
+        body = await read_body(request.stream(), max_upload + FORM_OVERHEAD, body_timeout,
+                               too_large)
     except ClientDisconnect as exc:  # nobody is left to read the answer; log it as a 4xx
         raise MalformedBodyError("the client disconnected before sending the whole body") from exc
-    try:
-        fields: dict = dict(request.query_params)
-        files = []
-        for key, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                if key == "media":
-                    files.append(value)
-            else:
-                fields[key] = value
-        if len(files) > 1:
-            raise ConflictingMediaError("send one file in `media` per request")
-        if "media" in fields:
-            raise MissingMediaError(
-                "`media` must be a file part (curl -F 'media=@photo.jpg'); "
-                "send URLs in the `url` field"
-            )
-        if not files:
-            return fields, None
-        media = files[0]
-        if media.size is not None and media.size > max_upload:
-            raise too_large
-        data = await media.read(max_upload + 1)
-        if len(data) > max_upload:
-            raise too_large
-        return fields, Upload(data=data, filename=media.filename or "media")
-    finally:
-        await form.close()
+    form = await run_in_threadpool(parse_body, request.headers.get("content-type", ""), body,
+                                   max_upload)
+    del body
+    fields: dict = dict(request.query_params)
+    fields.update(form.fields)
+    files = [f for f in form.files if f.field_name == "media"]
+    if len(files) > 1:
+        raise ConflictingMediaError("send one file in `media` per request")
+    if "media" in fields:
+        raise MissingMediaError(
+            "`media` must be a file part (curl -F 'media=@photo.jpg'); "
+            "send URLs in the `url` field"
+        )
+    if not files:
+        return fields, None
+    if len(files[0].data) > max_upload:
+        raise too_large
+    return fields, Upload(data=files[0].data, filename=files[0].filename or "media")
+
+
+def declared_too_large(request: Request, max_upload: int) -> UploadTooLargeError | None:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_upload + FORM_OVERHEAD:
+        return UploadTooLargeError(f"the upload ({_human_bytes(int(declared))}) is larger than "
+                                   f"the limit of {_human_bytes(max_upload)}")
+    return None
+
+
+def _allowed_methods(app: FastAPI, path: str) -> list[str]:
+    methods: set[str] = set()
+    for route in app.router.routes:
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(path) and getattr(route, "methods", None):
+            methods |= set(route.methods)
+    return sorted(methods)
 
 
 def create_app(model=None, settings: ServerSettings | None = None, *, fetcher=None) -> FastAPI:
@@ -167,6 +159,7 @@ def create_app(model=None, settings: ServerSettings | None = None, *, fetcher=No
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        install_log_filters()
         if settings.keys.enabled:
             logger.info("API keys: %d api_user(s) configured", len(settings.keys))
         else:
@@ -181,7 +174,11 @@ def create_app(model=None, settings: ServerSettings | None = None, *, fetcher=No
         version=__version__,
         summary="Technical image quality, in the hosted image-quality API's dialect.",
         lifespan=lifespan,
+        # The CDN-hosted Swagger UI is blank offline; docs_ui serves a bundled copy.
+        docs_url=None,
+        redoc_url=None,
     )
+    add_docs(app)
     app.state.service = service
     app.state.metrics = metrics
     app.add_middleware(MetricsMiddleware, metrics=metrics)
@@ -193,10 +190,15 @@ def create_app(model=None, settings: ServerSettings | None = None, *, fetcher=No
             message = f"internal error; the server log has the details of request {info['id']}"
         else:
             message = str(exc) or spec.meaning
-        if spec.status >= 500 and not isinstance(exc, (ServerBusyError, ProcessingTimeoutError)):
-            logger.error("request %s failed: %s", info["id"], message, exc_info=exc)
+        if spec is UNKNOWN or isinstance(exc, ScoringError) or (
+                spec.status >= 500 and not isinstance(exc, (APIError, FetchError))):
+            # A real server fault: keep the traceback.
+            logger.error("request %s failed: %s", info["id"], safe(message), exc_info=exc)
         else:
-            logger.info("request %s: %s %d: %s", info["id"], spec.type, spec.code, message)
+            # Anyone can trigger these: one line each, so a client cannot flood the log.
+            level = logging.WARNING if spec.status >= 500 else logging.INFO
+            logger.log(level, "request %s: %s %d: %s", info["id"], spec.type, spec.code,
+                       safe(message))
         metrics.count_error(spec.type, spec.code)
         headers = {}
         if isinstance(exc, (ServerBusyError, ProcessingTimeoutError)):
@@ -261,7 +263,15 @@ def create_app(model=None, settings: ServerSettings | None = None, *, fetcher=No
               openapi_extra=post_body, summary="Score an uploaded image (or a URL)")
     async def check_post(request: Request):
         async def work():
-            fields, upload = await read_post(request, settings.max_upload_bytes)
+            # Refuse on the headers alone whatever can be refused there, before a byte
+            # of the body is read: a declared oversize body, credentials in the query
+            # string, a full queue.
+            too_large = declared_too_large(request, settings.max_upload_bytes)
+            if too_large is not None:
+                raise too_large
+            service.precheck(request.query_params)
+            fields, upload = await read_post(request, settings.max_upload_bytes,
+                                             settings.body_timeout)
             return await service.check(fields, upload)
 
         return await respond(request, work)
@@ -299,7 +309,9 @@ def create_app(model=None, settings: ServerSettings | None = None, *, fetcher=No
             )
         elif exc.status_code == 405:
             error = MethodNotAllowedError(f"{request.method} is not allowed on {request.url.path}")
-            error.allow = (exc.headers or {}).get("Allow")
+            # Starlette's Allow names only the first route that matched the path.
+            error.allow = ", ".join(_allowed_methods(app, request.url.path)) or \
+                (exc.headers or {}).get("Allow")
         elif exc.status_code == 400:
             error = MalformedBodyError(str(exc.detail))
         else:

@@ -72,6 +72,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=_env("IQA_FETCH_TIMEOUT", 10.0, float),
                         help="connect and read timeout for URL fetches, in seconds (default "
                              "10) [IQA_FETCH_TIMEOUT]")
+    slow = parser.add_argument_group("slow clients and connections")
+    slow.add_argument("--header-timeout", type=float,
+                      default=_env("IQA_HEADER_TIMEOUT", 10.0, float),
+                      help="seconds for a request line and headers to arrive, from the "
+                           "connection or the previous response (default 10) "
+                           "[IQA_HEADER_TIMEOUT]")
+    slow.add_argument("--body-timeout", type=float,
+                      default=_env("IQA_BODY_TIMEOUT", 60.0, float),
+                      help="seconds for a POST body to arrive (default 60) [IQA_BODY_TIMEOUT]")
+    slow.add_argument("--keep-alive-timeout", type=int,
+                      default=_env("IQA_KEEP_ALIVE_TIMEOUT", 5, int),
+                      help="seconds an idle keep-alive connection stays open (default 5) "
+                           "[IQA_KEEP_ALIVE_TIMEOUT]")
+    slow.add_argument("--max-connections", type=int,
+                      default=_env("IQA_MAX_CONNECTIONS", 256, int),
+                      help="open connections (or requests in progress) beyond which requests "
+                           "get 503 (default 256) [IQA_MAX_CONNECTIONS]")
+    slow.add_argument("--max-header-kb", type=int, default=_env("IQA_MAX_HEADER_KB", 16, int),
+                      help="largest request line plus headers, in KiB (default 16) "
+                           "[IQA_MAX_HEADER_KB]")
     urls = parser.add_argument_group("URL fetching")
     urls.add_argument("--allow-private-urls", action="store_true",
                       default=_env_flag("IQA_ALLOW_PRIVATE_URLS"),
@@ -121,6 +141,11 @@ def build_settings(args: argparse.Namespace):
         max_queue=args.max_queue,
         request_timeout=args.request_timeout,
         fetch_policy=policy,
+        body_timeout=args.body_timeout,
+        header_timeout=args.header_timeout,
+        keep_alive_timeout=args.keep_alive_timeout,
+        max_connections=args.max_connections,
+        max_header_bytes=args.max_header_kb * 1024,
         ui=not getattr(args, "no_ui", False),
     )
 
@@ -132,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
     from ..model import QualityModel
     from .app import create_app
     from .auth import KeyConfigError
+    from .protocol import uvicorn_options
 
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -139,6 +165,11 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1 or args.max_queue < 0 or args.max_upload_mb <= 0:
         print("iqa serve: --workers must be >= 1, --max-queue >= 0, --max-upload-mb > 0",
               file=sys.stderr)
+        return 2
+    if min(args.header_timeout, args.body_timeout, args.keep_alive_timeout,
+           args.max_connections, args.max_header_kb) <= 0:
+        print("iqa serve: --header-timeout, --body-timeout, --keep-alive-timeout, "
+              "--max-connections and --max-header-kb must be > 0", file=sys.stderr)
         return 2
     try:
         settings = build_settings(args)
@@ -163,5 +194,5 @@ def run(args: argparse.Namespace) -> int:
              model.path, ",".join(model.providers), threads, args.workers, args.host, args.port)
     app = create_app(model, settings)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                server_header=False, proxy_headers=False)
+                server_header=False, proxy_headers=False, **uvicorn_options(settings))
     return 0

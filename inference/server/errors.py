@@ -63,6 +63,19 @@ class MalformedBodyError(APIError):
     error_type = "request_error"
 
 
+class BodyTimeoutError(APIError):
+    """The client sent its headers or body too slowly (slow-client limits)."""
+
+    error_type = "request_error"
+    http_status = 408
+
+
+class BadHTTPRequestError(APIError):
+    """The HTTP parser refused the request line or headers (garbage, or too large)."""
+
+    error_type = "request_error"
+
+
 class EmptyMediaError(APIError):
     error_type = "media_error"
 
@@ -130,6 +143,11 @@ ERROR_TABLE: tuple[ErrorSpec, ...] = (
               "a parameter has an invalid value"),
     ErrorSpec(MalformedBodyError, "request_error", 16, 400,
               "the request body is not valid multipart or form data"),
+    ErrorSpec(BodyTimeoutError, "request_error", 17, 408,
+              "the request headers or body arrived too slowly (--header-timeout, "
+              "--body-timeout)"),
+    ErrorSpec(BadHTTPRequestError, "request_error", 18, 400,
+              "the request line or headers are not valid HTTP, or are too large"),
     ErrorSpec(ImageDecodeError, "media_error", 20, 415,
               "not an image in a format we decode (text, HTML, SVG, PDF, ...)"),
     ErrorSpec(TruncatedImageError, "media_error", 21, 400,

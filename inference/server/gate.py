@@ -84,13 +84,22 @@ class WorkGate:
     def in_flight(self) -> int:
         return self._in_flight
 
+    def _busy(self) -> ServerBusyError:
+        return ServerBusyError(
+            f"the server is busy ({self._in_flight} requests in progress, capacity "
+            f"{self.capacity}); retry in {self.retry_after} s"
+        )
+
+    def check_room(self) -> None:
+        """Refuse now if :meth:`admit` would: lets a request be refused before its body is
+        read. It takes no slot, so a slow client cannot hold one while it uploads."""
+        if self._in_flight >= self.capacity:
+            raise self._busy()
+
     def admit(self) -> Ticket:
         with self._lock:
             if self._in_flight >= self.capacity:
-                raise ServerBusyError(
-                    f"the server is busy ({self._in_flight} requests in progress, capacity "
-                    f"{self.capacity}); retry in {self.retry_after} s"
-                )
+                raise self._busy()
             self._in_flight += 1
         return Ticket(self)
 

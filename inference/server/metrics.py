@@ -15,6 +15,10 @@ from collections.abc import Callable
 # add network time.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 UNMATCHED = "unmatched"  # label for paths with no route, so random 404s add no series
+# Label values must come from fixed sets: a client that invents methods would otherwise
+# add a permanent series per request.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER = "other"
 
 
 def _escape(value: str) -> str:
@@ -120,6 +124,8 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or UNMATCHED
+            method = scope.get("method", "")
             self.metrics.observe_request(
-                endpoint, scope.get("method", ""), status, time.perf_counter() - start
+                endpoint, method if method in METHODS else OTHER, status,
+                time.perf_counter() - start,
             )

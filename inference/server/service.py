@@ -72,6 +72,17 @@ class CheckService:
         self.gate.shutdown()
         self.fetcher.close()
 
+    def precheck(self, query: Mapping[str, str]) -> None:
+        """Refusals that need no body: wrong credentials in the query string, a full queue.
+
+        Credentials sent as form fields are checked by :meth:`check` once the body is in.
+        """
+        user, secret = query.get("api_user"), query.get("api_secret")
+        if self.settings.keys.enabled and user and secret and \
+                not self.settings.keys.check(user, secret):
+            raise InvalidCredentialsError("incorrect api_user or api_secret")
+        self.gate.check_room()
+
     async def check(self, fields: Mapping[str, str | None], upload: Upload | None) -> dict:
         """Score the media the request names; return the `quality` and `media` objects."""
         if not self.settings.keys.check(fields.get("api_user"), fields.get("api_secret")):

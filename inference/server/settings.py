@@ -19,6 +19,13 @@ class ServerSettings:
     # Whole pipeline (fetch + decode + score) per request, in seconds.
     request_timeout: float = 60.0
     retry_after: int = 1
+    # Slow-client limits. The body of a POST must arrive within body_timeout seconds
+    # (enforced by the app); the others are uvicorn's, set by `iqa serve` (see protocol.py).
+    body_timeout: float = 60.0
+    header_timeout: float = 10.0
+    keep_alive_timeout: int = 5
+    max_connections: int = 256
+    max_header_bytes: int = 16 * 1024
     fetch_policy: FetchPolicy = field(default_factory=FetchPolicy)
     # The web page at `/` (a client of /1.0/check.json only); `iqa serve --no-ui` drops it.
     ui: bool = True
