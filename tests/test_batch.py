@@ -1,0 +1,348 @@
+"""`iqa batch`: Ray Data scoring into Parquet, on a local 2-CPU Ray started once here.
+
+Everything stays on loopback: images on disk, an S3 server (moto's server mode) on
+127.0.0.1, and an HTTP server on 127.0.0.1. Ray starts once for the module, because
+starting it costs seconds; each test runs one or two small jobs on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from iqa.inference.batch import BatchInputError, list_inputs
+
+ray = pytest.importorskip("ray", reason="iqa batch needs the distributed extra")
+pq = pytest.importorskip("pyarrow.parquet")
+
+from http_fixtures import LoopbackHTTPServer, Route  # noqa: E402
+
+from iqa.inference import QualityModel  # noqa: E402
+from iqa.inference import batch as batch_module  # noqa: E402
+from iqa.inference.batch import score_batch  # noqa: E402
+from iqa.inference.cli import main as cli_main  # noqa: E402
+
+RAY_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",  # offline: no usage report
+    "RAY_AUTH_MODE": "disabled",  # a throwaway loopback instance: no token in ~/.ray
+    "AWS_EC2_METADATA_DISABLED": "true",  # pyarrow's S3 must not probe 169.254.169.254
+}
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    saved = {k: os.environ.get(k) for k in [*RAY_ENV, "RAY_ADDRESS"]}
+    os.environ.pop("RAY_ADDRESS", None)
+    os.environ.update(RAY_ENV)
+    # Ray's Unix socket paths must stay under ~107 characters: a short temp dir.
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=200 * 1024 * 1024,
+        _temp_dir=temp_dir,
+        log_to_driver=False,
+    )
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def _photos(photo: np.ndarray, folder: Path, count: int) -> list[Path]:
+    """Distinct small JPEGs cut from one real photo (different crops and qualities)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        crop = photo[i * 24 : i * 24 + 160, i * 16 : i * 16 + 200]
+        path = folder / f"photo{i}.jpg"
+        Image.fromarray(crop).save(path, quality=60 + 5 * i)
+        paths.append(path)
+    return paths
+
+
+def _read(output) -> list[dict]:
+    rows = pq.read_table(str(output)).to_pylist()
+    return sorted(rows, key=lambda r: r["path"])
+
+
+def _quiet(**kwargs) -> dict:
+    return {"progress": False, "log": lambda message: None, **kwargs}
+
+
+# --------------------------------------------------------------------- without Ray
+
+
+def test_list_inputs_folder_glob_and_manifests(tmp_path, photo):
+    paths = _photos(photo, tmp_path / "a", 2)
+    _photos(photo, tmp_path / "a" / "sub", 1)
+    (tmp_path / "a" / ".hidden.jpg").write_bytes(paths[0].read_bytes())
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    top = [str(p) for p in paths]
+    assert list_inputs(str(tmp_path / "a")) == top
+    assert len(list_inputs(str(tmp_path / "a"), recursive=True)) == 3
+    assert list_inputs(str(tmp_path / "a" / "*.jpg")) == top
+
+    # Relative entries are relative to the manifest; duplicates go; '#' lines are comments.
+    (tmp_path / "list.txt").write_text("# photos\na/photo0.jpg\n\na/photo0.jpg\n/abs/x.png\n")
+    assert list_inputs(str(tmp_path / "list.txt")) == [top[0], "/abs/x.png"]
+
+    import pyarrow as pa
+
+    pq.write_table(pa.table({"path": ["a/photo1.jpg"], "mos": [3.5]}), tmp_path / "m.parquet")
+    assert list_inputs(str(tmp_path / "m.parquet")) == [top[1]]
+    (tmp_path / "m.csv").write_text("id,url,mos\n1,https://example.com/x.jpg,3\n")
+    with pytest.raises(BatchInputError, match="--column"):
+        list_inputs(str(tmp_path / "m.csv"))
+    assert list_inputs(str(tmp_path / "m.csv"), column="url") == ["https://example.com/x.jpg"]
+    with pytest.raises(BatchInputError, match="no such"):
+        list_inputs(str(tmp_path / "nothing-here"))
+
+
+def test_base_install_imports_no_ray_and_batch_help_needs_no_ray(tmp_path):
+    """`import iqa.inference` pulls neither Ray, pyarrow nor torch; the CLI says what to install."""
+    child = r"""
+import contextlib, io, json, sys
+BLOCKED = {"ray", "pyarrow", "torch"}
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Block())
+import iqa.inference
+from iqa.inference.cli import main
+report = {"heavy": sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)}
+for key, argv in (("help", ["batch", "--help"]), ("run", ["batch", "in", "out"])):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code
+    report[key] = {"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()}
+print(json.dumps(report))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", child], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["heavy"] == []
+    assert report["help"]["code"] == 0 and "--gpus-per-actor" in report["help"]["stdout"]
+    assert report["run"]["code"] == 2
+    assert 'pip install "iqa[distributed]"' in report["run"]["stderr"]
+
+
+# ------------------------------------------------------------------------ with Ray
+
+
+def test_folder_via_cli(ray_local, tmp_path, photo, tiny_model_path):
+    images = _photos(photo, tmp_path / "photos", 5)
+    (tmp_path / "photos" / "notes.txt").write_text("skipped: not an image extension")
+    out = tmp_path / "scores"
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli_main(
+            ["batch", str(tmp_path / "photos"), str(out), "--model", str(tiny_model_path),
+             "--batch-size", "2", "--no-progress"]
+        )
+    assert code == 0, err.getvalue()
+    assert "5 images scored (0 failed)" in err.getvalue()
+    assert "images/s" in err.getvalue()
+
+    rows = _read(out)
+    assert [r["path"] for r in rows] == [str(p) for p in images]
+    model = QualityModel(tiny_model_path)
+    expected_columns = ["path", "score", "bucket", *model.factor_names,
+                        "status", "error_type", "error", "model_version"]
+    assert pq.read_table(str(out)).column_names == expected_columns
+    for row in rows:
+        assert row["status"] == "ok" and row["error"] is None
+        assert 0.0 <= row["score"] <= 1.0 and row["bucket"]
+        assert row["model_version"] == "tiny-test"
+        assert all(0.0 <= row[n] <= 1.0 for n in model.factor_names)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_manifest_with_broken_missing_and_refused_inputs(ray_local, tmp_path, photo,
+                                                         tiny_model_path):
+    good = _photos(photo, tmp_path / "img", 2)
+    truncated = tmp_path / "img" / "truncated.jpg"
+    truncated.write_bytes(good[0].read_bytes()[:300])
+    text = tmp_path / "img" / "text.jpg"
+    text.write_text("this is not a JPEG")
+    jpeg = good[1].read_bytes()
+    with LoopbackHTTPServer({"/remote.jpg": Route(body=jpeg)}) as server:
+        remote_ok = server.url("/remote.jpg")
+        manifest = tmp_path / "manifest.csv"
+        manifest.write_text(
+            "mos,image\n"
+            f"1,img/{good[0].name}\n"
+            f"2,{good[1]}\n"
+            "3,img/truncated.jpg\n"
+            "4,img/text.jpg\n"
+            "5,img/missing.jpg\n"
+            f"6,{remote_ok}\n"
+        )
+        # URLs to private addresses are refused unless asked for, like `iqa score` does.
+        refused = score_batch(str(manifest), str(tmp_path / "refused"), column="image",
+                              model=tiny_model_path, batch_size=2, **_quiet())
+        allowed = score_batch(str(manifest), str(tmp_path / "allowed"), column="image",
+                              model=tiny_model_path, batch_size=2, allow_private_urls=True,
+                              **_quiet())
+    assert (refused.images, refused.failures) == (6, 4)
+    assert (allowed.images, allowed.failures) == (6, 3)
+
+    by_path = {r["path"]: r for r in _read(tmp_path / "refused")}
+    assert by_path[str(good[0])]["status"] == by_path[str(good[1])]["status"] == "ok"
+    for name in ("truncated.jpg", "text.jpg", "missing.jpg"):
+        row = by_path[str(tmp_path / "img" / name)]
+        assert row["status"] == "error" and row["score"] is None
+        assert row["error_type"] in {"ImageDecodeError", "TruncatedImageError"}
+        assert name in row["error"]
+    assert by_path[remote_ok]["error_type"] == "ForbiddenAddressError"
+
+    remote = {r["path"]: r for r in _read(tmp_path / "allowed")}[remote_ok]
+    assert remote["status"] == "ok"
+    assert remote["score"] == pytest.approx(by_path[str(good[1])]["score"], abs=1e-6)
+
+
+def test_resume_after_an_interrupted_job(ray_local, tmp_path, photo, tiny_model_path,
+                                         monkeypatch):
+    images = _photos(photo, tmp_path / "photos", 8)
+    out = tmp_path / "scores"
+    received = []
+
+    class InterruptedWriter(batch_module.PartWriter):
+        """Ctrl-C arrives after the driver has received two blocks of results."""
+
+        def add(self, table):
+            super().add(table)
+            received.append(table.num_rows)
+            if len(received) == 2:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(batch_module, "PartWriter", InterruptedWriter)
+    with pytest.raises(KeyboardInterrupt):
+        score_batch(str(tmp_path / "photos"), str(out), model=tiny_model_path, batch_size=2,
+                    rows_per_file=100, **_quiet())
+    monkeypatch.undo()
+    # The rows received before the interrupt are saved; nothing half-written is left.
+    first = _read(out)
+    assert len(first) == sum(received) < len(images)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+    resumed = score_batch(str(tmp_path / "photos"), str(out), model=tiny_model_path,
+                          batch_size=2, **_quiet())
+    assert resumed.skipped == len(first)
+    assert resumed.images == len(images) - len(first)
+    rows = _read(out)
+    assert [r["path"] for r in rows] == [str(p) for p in images]  # each input once
+
+    again = score_batch(str(tmp_path / "photos"), str(out), model=tiny_model_path, **_quiet())
+    assert (again.images, again.skipped) == (0, len(images))
+
+
+def test_same_scores_as_iqa_score(ray_local, tmp_path, photo):
+    """The shipped model, scored by `iqa batch` and by `iqa score`, agrees to 1e-6."""
+    from skimage import data
+
+    images = _photos(photo, tmp_path / "photos", 3)
+    coffee = tmp_path / "photos" / "zcoffee.png"
+    Image.fromarray(data.coffee()[::3, ::3]).save(coffee)
+    images.append(coffee)
+    summary = score_batch(str(tmp_path / "photos"), str(tmp_path / "out"), batch_size=2,
+                          **_quiet())
+    assert (summary.images, summary.failures) == (4, 0)
+    rows = {r["path"]: r for r in _read(tmp_path / "out")}
+
+    model = QualityModel()
+    assert {r["model_version"] for r in rows.values()} == {model.info()["version"]}
+    for path, result in zip(images, model.score_many([str(p) for p in images]), strict=True):
+        row = rows[str(path)]
+        assert abs(row["score"] - result.score) <= 1e-6
+        assert row["bucket"] == result.bucket
+        for name, value in (result.factors or {}).items():
+            assert abs(row[name] - value) <= 1e-6
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli_main(["score", str(tmp_path / "photos"), "--format", "json", "--factors"]) == 0
+    for scored in json.loads(out.getvalue()):
+        row = rows[scored["path"]]
+        # `iqa score` rounds to 6 decimals: half a unit of the last place apart at most.
+        assert abs(row["score"] - scored["score"]) <= 1e-6
+        for name, value in scored.get("factors", {}).items():
+            assert abs(row[name] - value) <= 1e-6
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """moto's S3 server on 127.0.0.1:<free port>, and pyarrow S3FileSystem options for it."""
+    pytest.importorskip("moto")
+    from moto.server import ThreadedMotoServer
+    from pyarrow import fs as pafs
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    options = {
+        "endpoint_override": f"{host}:{port}",
+        "scheme": "http",
+        "access_key": "testing",
+        "secret_key": "testing",
+        "region": "us-east-1",
+        "allow_bucket_creation": True,
+    }
+    yield pafs.S3FileSystem(**options), options
+    server.stop()
+
+
+def test_s3_folder_and_manifest_with_resume(ray_local, s3_server, tmp_path, photo,
+                                            tiny_model_path):
+    fs, options = s3_server
+    images = _photos(photo, tmp_path / "photos", 3)
+    fs.create_dir("shots")  # the bucket
+    for path in images:
+        with fs.open_output_stream(f"shots/2024/{path.name}") as stream:
+            stream.write(path.read_bytes())
+    with fs.open_output_stream("shots/2024/broken.jpg") as stream:
+        stream.write(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with fs.open_output_stream("shots/manifest.txt") as stream:
+        stream.write(b"2024/photo0.jpg\n2024/gone.jpg\ns3://shots/2024/photo2.jpg\n")
+
+    common = {"model": tiny_model_path, "batch_size": 2, "s3_options": options, **_quiet()}
+    first = score_batch("s3://shots/2024/", "s3://shots/scores", **common)
+    assert (first.images, first.failures, first.skipped) == (4, 1, 0)
+    # The manifest names two images scored already and one missing object.
+    second = score_batch("s3://shots/manifest.txt", "s3://shots/scores", **common)
+    assert (second.images, second.failures, second.skipped) == (1, 1, 2)
+
+    import pyarrow.dataset as pads
+
+    table = pads.dataset("shots/scores", filesystem=fs, format="parquet").to_table()
+    rows = {r["path"]: r for r in table.to_pylist()}
+    assert len(rows) == table.num_rows == 5
+    assert rows["s3://shots/2024/gone.jpg"]["error_type"] == "ImageDecodeError"
+    assert rows["s3://shots/2024/broken.jpg"]["status"] == "error"
+    model = QualityModel(tiny_model_path)
+    for path in images:
+        row = rows[f"s3://shots/2024/{path.name}"]
+        assert row["status"] == "ok"
+        assert abs(row["score"] - model.score(str(path)).score) <= 1e-6
