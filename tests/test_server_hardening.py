@@ -1,0 +1,491 @@
+"""Regression tests for issue 8 ("Harden `iqa serve`"), one section per numbered defect.
+
+Everything runs in-process or on 127.0.0.1; the `guard` fixture fails a test that
+connects anywhere else. No assertion here depends on timing: speed and memory targets
+are measured by scripts/benchmark_server.py.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import socket
+import threading
+import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from http_fixtures import LoopbackHTTPServer, Route, encode, png_bomb_header, uvicorn_server
+
+from iqa.inference import QualityModel
+from iqa.inference.fetch import (
+    ContentEncodingError,
+    DownloadTooLargeError,
+    FetchPolicy,
+    ImageFetcher,
+    InvalidURLError,
+)
+from iqa.inference.server import app as app_module
+from iqa.inference.server.app import create_app
+from iqa.inference.server.logsafe import AccessLogFilter
+from iqa.inference.server.protocol import uvicorn_options
+from iqa.inference.server.settings import ServerSettings
+
+CHECK = "/1.0/check.json"
+INFLATED = 64 * 1024 * 1024  # what the gzip bomb would inflate to
+LIMIT = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_path):
+    return QualityModel(tiny_model_path)
+
+
+@pytest.fixture(scope="module")
+def jpeg(photo) -> bytes:
+    return encode(photo[:256, :256], quality=90)
+
+
+@pytest.fixture(scope="module")
+def gzip_bomb() -> bytes:
+    return gzip.compress(b"\0" * INFLATED, compresslevel=9)  # about 64 KB on the wire
+
+
+@pytest.fixture(scope="module")
+def upstream(jpeg, gzip_bomb):
+    routes = {
+        "/photo.jpg": Route(body=jpeg),
+        "/bomb.jpg": Route(body=gzip_bomb, headers={"Content-Encoding": "gzip"}),
+        "/bomb-stream.jpg": Route(body=gzip_bomb, headers={"Content-Encoding": "gzip"},
+                                  send_length=False),
+        "/br.jpg": Route(body=jpeg, headers={"Content-Encoding": "br"}),
+        "/big.jpg": Route(body=b"\xff\xd8" + b"\0" * (4 * LIMIT)),
+        "/missing.jpg": Route(status=404, body=b"no", content_type="text/plain"),
+        "/to-data": Route(status=302, headers={"Location": "data:image/png;base64,AAAA"}),
+    }
+    with LoopbackHTTPServer(routes) as server:
+        yield server
+
+
+def settings(**overrides) -> ServerSettings:
+    overrides.setdefault("fetch_policy", FetchPolicy(allow_private=True, max_bytes=LIMIT))
+    return ServerSettings(**overrides)
+
+
+def error_of(response) -> tuple[str, int]:
+    body = response.json()
+    assert body["status"] == "failure", body
+    return body["error"]["type"], body["error"]["code"]
+
+
+# ------------------------------------------------- 1. compressed URL responses
+@pytest.mark.parametrize("path", ["/bomb.jpg", "/bomb-stream.jpg", "/br.jpg"])
+def test_compressed_response_is_refused_without_inflating(guard, upstream, path, monkeypatch):
+    import httpx._decoders as decoders
+
+    inflated = []
+    for name in ("GZipDecoder", "DeflateDecoder", "BrotliDecoder", "ZStandardDecoder"):
+        cls = getattr(decoders, name, None)
+        if cls is not None:
+            real = cls.decode
+            monkeypatch.setattr(cls, "decode",
+                                lambda self, data, _real=real: inflated.append(len(data))
+                                or _real(self, data))
+    fetcher = ImageFetcher(FetchPolicy(allow_private=True, max_bytes=LIMIT))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ContentEncodingError, match="Content-Encoding"):
+            fetcher.fetch(upstream.url(path))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        fetcher.close()
+    assert inflated == []  # no decoder ever saw a byte
+    assert peak < 4 * 1024 * 1024, peak  # far below the 64 MiB the body inflates to
+
+
+def test_compressed_response_maps_to_code_34(guard, model, upstream):
+    with TestClient(create_app(model, settings())) as client:
+        response = client.get(CHECK, params={"models": "quality",
+                                             "url": upstream.url("/bomb.jpg")})
+    assert response.status_code == 502
+    assert error_of(response) == ("media_error", 34)
+    assert "gzip" in response.json()["error"]["message"]
+
+
+def test_failed_download_frees_its_buffer(guard, upstream):
+    fetcher = ImageFetcher(FetchPolicy(allow_private=True, max_bytes=LIMIT))
+    with pytest.raises(DownloadTooLargeError) as caught:
+        fetcher.fetch(upstream.url("/big.jpg"))
+    fetcher.close()
+    held = 0
+    tb = caught.value.__traceback__
+    while tb is not None:  # what the traceback keeps alive, frame by frame
+        for value in tb.tb_frame.f_locals.values():
+            if isinstance(value, (bytes, bytearray)):
+                held += len(value)
+        tb = tb.tb_next
+    assert held < LIMIT // 4, held
+
+
+# ---------------------------------------------------------- 2. secrets in logs
+class ListHandler(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def test_access_log_masks_api_secret_and_url_userinfo(model, jpeg):
+    access = logging.getLogger("uvicorn.access")
+    with uvicorn_server(create_app(model, settings())) as base:
+        handler = ListHandler()
+        access.addHandler(handler)
+        old_level = access.level
+        access.setLevel(logging.INFO)
+        try:
+            httpx.get(f"{base}{CHECK}", params={
+                "models": "quality", "api_user": "alice", "api_secret": "hunter2",
+                "url": "http://bob:pa55word@127.0.0.1:9/a.jpg"}, trust_env=False)
+        finally:
+            access.removeHandler(handler)
+            access.setLevel(old_level)
+    assert handler.lines, "uvicorn wrote no access log line"
+    text = "\n".join(handler.lines)
+    assert "hunter2" not in text and "pa55word" not in text
+    assert "api_secret=***" in text and "api_user=alice" in text  # still useful
+    assert "GET /1.0/check.json?" in text
+
+
+def test_access_log_filter_escapes_decoded_paths():
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1,
+                               '%s - "%s %s HTTP/%s" %d',
+                               ("127.0.0.1:1", "GET", "/a\nFORGED\x1b[2J?x=1", "1.1", 404), None)
+    AccessLogFilter().filter(record)
+    line = record.getMessage()
+    assert "\n" not in line and "\x1b" not in line and "\\x0a" in line
+
+
+def test_fetched_urls_in_httpx_log_lose_their_userinfo(guard, model, upstream, caplog):
+    url = upstream.url("/photo.jpg").replace("://", "://bob:pa55word@")
+    with caplog.at_level(logging.DEBUG):
+        with TestClient(create_app(model, settings())) as client:
+            response = client.get(CHECK, params={"models": "quality", "url": url})
+            missing = client.get(CHECK, params={"models": "quality", "url": url.replace(
+                "/photo.jpg", "/missing.jpg?X-Amz-Signature=s3cr3t")})
+    assert response.status_code == 200
+    assert error_of(missing) == ("media_error", 30)
+    # The server's records only: the test client (httpx2) logs its own request line.
+    server_side = "\n".join(r.getMessage() for r in caplog.records
+                            if not r.name.startswith("httpx2"))
+    assert any(r.name == "httpx" for r in caplog.records)
+    assert "pa55word" not in server_side and "s3cr3t" not in server_side
+
+
+# -------------------------------------------------------------- 3. metrics labels
+def test_invented_methods_add_no_metric_series(model):
+    with TestClient(create_app(model, settings())) as client:
+        before = client.get("/metrics").text.count("iqa_requests_total{")
+        for i in range(200):
+            client.request(f"INVENTED{i}", CHECK)
+        text = client.get("/metrics").text
+    series = [line for line in text.splitlines() if line.startswith("iqa_requests_total{")]
+    assert len(series) <= before + 2, series  # one `other` series (+ the /metrics GET)
+    assert 'method="other",status="405"} 200' in text
+    assert "INVENTED" not in text
+
+
+# ----------------------------------------------------- 4. crafted redirect -> table
+def test_redirect_to_data_url_is_an_argument_error(guard, model, upstream, caplog):
+    with TestClient(create_app(model, settings())) as client:
+        response = client.get(CHECK, params={"models": "quality",
+                                             "url": upstream.url("/to-data")})
+    assert response.status_code == 400
+    assert error_of(response) == ("argument_error", 13)
+    fetcher = ImageFetcher(FetchPolicy(allow_private=True))
+    with pytest.raises(InvalidURLError, match="redirected"):
+        fetcher.fetch(upstream.url("/to-data"))
+    fetcher.close()
+    assert "Traceback" not in caplog.text
+
+
+# ----------------------------------------------- 5. client-caused faults: one line
+def test_fetch_failures_log_one_warning_line(guard, model, upstream, caplog):
+    with caplog.at_level(logging.INFO, logger="iqa.server"):
+        with TestClient(create_app(model, settings())) as client:
+            response = client.get(CHECK, params={"models": "quality",
+                                                 "url": upstream.url("/missing.jpg")})
+    assert error_of(response) == ("media_error", 30)
+    records = [r for r in caplog.records if r.name == "iqa.server" and "request" in r.msg]
+    assert len(records) == 1
+    assert records[0].levelno == logging.WARNING
+    assert records[0].exc_info is None and "\n" not in records[0].getMessage()
+
+
+class BrokenModel:
+    metadata: dict = {}
+
+    def score(self, source, name=None):
+        raise RuntimeError("onnxruntime exploded")
+
+
+def test_real_faults_keep_their_traceback(jpeg, caplog):
+    with caplog.at_level(logging.INFO, logger="iqa.server"):
+        with TestClient(create_app(BrokenModel(), settings())) as client:
+            response = client.post(CHECK, data={"models": "quality"},
+                                   files={"media": ("a.jpg", jpeg)})
+    assert response.status_code == 500 and error_of(response) == ("api_error", 60)
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info is not None
+
+
+# --------------------------------------------------------------- 6. log injection
+def test_uploaded_filename_cannot_forge_log_lines(model, jpeg, caplog):
+    evil = "x.jpg\n2030-01-01 00:00:00 ERROR iqa.server: FORGED\x1b[31m\u2028"
+    with caplog.at_level(logging.INFO, logger="iqa.server"):
+        with TestClient(create_app(model, settings())) as client:
+            response = client.post(CHECK, data={"models": "quality"},
+                                   files={"media": (evil, jpeg[: len(jpeg) // 2])})
+    assert error_of(response) == ("media_error", 21)
+    lines = [r.getMessage() for r in caplog.records if r.name == "iqa.server"]
+    assert any("FORGED" in line for line in lines)
+    for line in lines:
+        assert "\n" not in line and "\x1b" not in line and "\u2028" not in line
+
+
+# ------------------------------------------------------ 7. rejections on headers
+class BlockingModel:
+    def __init__(self, model):
+        self.model = model
+        self.metadata = model.metadata
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def score(self, source, name=None):
+        self.entered.set()
+        assert self.release.wait(30)
+        return self.model.score(source, name=name)
+
+
+def raw_request(base: str, head: bytes, body: bytes = b"", read_until_close=True) -> bytes:
+    """Send ``head`` (and ``body``) on a fresh socket; return what the server answers."""
+    port = int(base.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head + body)
+        answer = b""
+        while True:
+            try:
+                data = sock.recv(65536)
+            except (ConnectionResetError, TimeoutError):
+                break
+            if not data:
+                break
+            answer += data
+            if not read_until_close and b"\r\n\r\n" in answer and answer.endswith(b"}"):
+                break
+    return answer
+
+
+def post_head(query: str, length: int, extra: bytes = b"") -> bytes:
+    return (f"POST {CHECK}?{query} HTTP/1.1\r\nHost: t\r\n"
+            f"Content-Type: multipart/form-data; boundary=b\r\n"
+            f"Content-Length: {length}\r\n").encode() + extra + b"\r\n"
+
+
+def test_rejections_need_no_body(model, jpeg, monkeypatch):
+    """Full queue, wrong key and declared size are answered on the headers alone: the
+    client never sends a byte of its (declared) body and still gets its answer."""
+    monkeypatch.setenv("IQA_API_KEYS", "alice:right")
+    from iqa.inference.server.auth import KeyStore
+
+    blocking = BlockingModel(model)
+    app = create_app(blocking, settings(workers=1, max_queue=0, max_upload_bytes=LIMIT,
+                                        keys=KeyStore({"alice": "right"})))
+    with uvicorn_server(app) as base:
+        too_big = raw_request(base, post_head("models=quality", 50 * LIMIT), read_until_close=False)
+        assert too_big.startswith(b"HTTP/1.1 413") and b'"code":24' in too_big
+        wrong_key = raw_request(base, post_head("models=quality&api_user=alice&api_secret=no",
+                                                100_000), read_until_close=False)
+        assert wrong_key.startswith(b"HTTP/1.1 401") and b'"code":1' in wrong_key
+        with httpx.Client(timeout=30, trust_env=False) as client, ThreadPoolExecutor(1) as pool:
+            first = pool.submit(client.post, f"{base}{CHECK}",
+                                data={"models": "quality", "api_user": "alice",
+                                      "api_secret": "right"},
+                                files={"media": ("a.jpg", jpeg)})
+            assert blocking.entered.wait(10)
+            busy = raw_request(base, post_head("models=quality", 100_000),
+                               read_until_close=False)
+            assert busy.startswith(b"HTTP/1.1 503") and b'"code":50' in busy
+            blocking.release.set()
+            assert first.result().status_code == 200
+
+
+def test_multipart_is_parsed_off_the_event_loop(model, jpeg, monkeypatch):
+    import asyncio
+
+    seen = []
+    real = app_module.parse_body
+
+    def recording(*args, **kwargs):
+        try:
+            asyncio.get_running_loop()
+            seen.append("event loop")
+        except RuntimeError:
+            seen.append("worker thread")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(app_module, "parse_body", recording)
+    with TestClient(create_app(model, settings())) as client:
+        response = client.post(CHECK, data={"models": "quality"}, files={"media": ("a", jpeg)})
+    assert response.status_code == 200
+    assert seen == ["worker thread"]
+
+
+# ---------------------------------------------------------- 8. slow-client limits
+def slow_app_server(model, **overrides):
+    limits = settings(header_timeout=0.5, body_timeout=0.5, **overrides)
+    return uvicorn_server(create_app(model, limits), **uvicorn_options(limits))
+
+
+def trickle(base: str, data: bytes, pause: float) -> tuple[int, bytes]:
+    """Send ``data`` one byte per ``pause`` on a new connection; see :func:`trickle_on`."""
+    port = int(base.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        return trickle_on(sock, data, pause)
+
+
+def _readable(sock, timeout: float) -> bool:
+    import select
+
+    return bool(select.select([sock], [], [], timeout)[0])
+
+
+def test_slow_headers_are_cut_off_and_others_still_served(model, jpeg):
+    head = post_head("models=quality", 10) + b"0123456789"
+    head = head.replace(b"Host: t\r\n", b"Host: t\r\n" + b"X-Pad: " + b"a" * 200 + b"\r\n")
+    with slow_app_server(model) as base:
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(trickle(base, head, 0.05)))
+                   for _ in range(8)]
+        for t in threads:
+            t.start()
+        # Served while eight slowloris connections are open.
+        ok = httpx.post(f"{base}{CHECK}", data={"models": "quality"},
+                        files={"media": ("a.jpg", jpeg)}, trust_env=False, timeout=30)
+        for t in threads:
+            t.join(30)
+    assert ok.status_code == 200
+    assert len(results) == 8
+    for sent, answer in results:
+        assert sent < len(head)  # closed long before the head was complete
+        assert answer.startswith(b"HTTP/1.1 408") and b'"code":17' in answer
+
+
+def test_slow_body_gets_408(model, jpeg):
+    body = (b'--b\r\nContent-Disposition: form-data; name="media"; filename="a.jpg"\r\n\r\n'
+            + jpeg[:400] + b"\r\n--b--\r\n")
+    with slow_app_server(model) as base:
+        port = int(base.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(post_head("models=quality", len(body)))
+            sent, answer = trickle_on(sock, body, 0.05)
+    assert sent < len(body)
+    assert answer.startswith(b"HTTP/1.1 408") and b'"code":17' in answer
+
+
+def trickle_on(sock, data: bytes, pause: float) -> tuple[int, bytes]:
+    """Send one byte per ``pause`` until the server answers; return (sent, answer)."""
+    sent = 0
+    for byte in data:
+        if _readable(sock, pause):
+            break
+        try:
+            sock.sendall(bytes([byte]))
+        except OSError:
+            break
+        sent += 1
+    answer = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        answer += chunk
+    return sent, answer
+
+
+def test_uvicorn_level_errors_are_failure_json(model):
+    with slow_app_server(model, max_header_bytes=4096) as base:
+        garbage = raw_request(base, b"\x16\x03\x01 not http at all\r\n\r\n")
+        # h11 bounds what it buffers of a head that is still incomplete.
+        huge = raw_request(base, b"GET /health HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 8192)
+    for answer in (garbage, huge):
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:100]
+        assert b"application/json" in answer and b'"code":18' in answer
+
+
+def test_connection_limit_answers_503_json(model):
+    limits = settings(max_connections=3, header_timeout=30)
+    with uvicorn_server(create_app(model, limits), **uvicorn_options(limits)) as base:
+        port = int(base.rsplit(":", 1)[1])
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3)]
+        try:
+            answer = raw_request(base, b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        finally:
+            for sock in idle:
+                sock.close()
+        with httpx.Client(trust_env=False) as client:
+            assert client.get(f"{base}/health").status_code == 200  # free again
+    assert answer.startswith(b"HTTP/1.1 503"), answer[:100]
+    assert b'"code":50' in answer and b"retry-after: 1" in answer.lower()
+
+
+# --------------------------------------------------------- 9. small protocol faults
+def test_405_allow_lists_every_method(model):
+    with TestClient(create_app(model, settings())) as client:
+        response = client.delete(CHECK)
+    assert error_of(response) == ("request_error", 41)
+    allowed = {m.strip() for m in response.headers["allow"].split(",")}
+    assert {"GET", "POST"} <= allowed
+
+
+def test_multipart_without_closing_boundary_is_malformed(model, jpeg):
+    body = (b'--b\r\nContent-Disposition: form-data; name="models"\r\n\r\nquality\r\n'
+            b'--b\r\nContent-Disposition: form-data; name="media"; filename="a.jpg"\r\n\r\n'
+            + jpeg)
+    with TestClient(create_app(model, settings())) as client:
+        response = client.post(CHECK, content=body,
+                               headers={"content-type": "multipart/form-data; boundary=b"})
+    assert response.status_code == 400 and error_of(response) == ("request_error", 16)
+    assert "closing boundary" in response.json()["error"]["message"]
+
+
+def test_bomb_message_cites_max_pixels(tiny_model_path):
+    model = QualityModel(tiny_model_path, max_pixels=5_000_000)
+    with TestClient(create_app(model, settings())) as client:
+        # 30000 x 30000 is beyond Pillow's own limit too, which used to be quoted.
+        for w, h in ((30_000, 30_000), (3_000, 3_000)):
+            response = client.post(CHECK, data={"models": "quality"},
+                                   files={"media": ("bomb.png", png_bomb_header(w, h))})
+            assert error_of(response) == ("media_error", 23)
+            message = response.json()["error"]["message"]
+            assert "limit of 5.0 MP" in message, message
+            assert "178956970" not in message
+
+
+def test_docs_are_served_without_a_cdn(model):
+    with TestClient(create_app(model, settings())) as client:
+        page = client.get("/docs")
+        assert page.status_code == 200
+        assert "cdn" not in page.text.lower()
+        assert "/docs-static/swagger-ui-bundle.js" in page.text
+        script = client.get("/docs-static/swagger-ui-bundle.js")
+        css = client.get("/docs-static/swagger-ui.css")
+    assert script.status_code == 200 and len(script.content) > 100_000
+    assert css.status_code == 200
