@@ -176,6 +176,10 @@ def cards(page) -> list[dict]:
 def scored(browser, open_server, photos):
     """One page with the photos and the broken file uploaded through the keyboard-opened picker."""
     page, log = open_page(browser, open_server)
+    # Playwright turns file-chooser interception on without waiting for the browser's
+    # answer; a listener added early plus a round trip makes sure it is on before the key.
+    page.on("filechooser", lambda _chooser: None)
+    page.evaluate("() => 0")
     page.focus("#pick")
     with page.expect_file_chooser() as chooser:
         page.keyboard.press("Enter")
