@@ -139,11 +139,16 @@ class PageLog:
                 self.check_bodies.append({"unparsable": response.status})
 
 
-def open_page(browser, base: str, **context_options):
+def open_page_at(browser, url: str, **context_options):
     context = browser.new_context(accept_downloads=True, **context_options)
     page = context.new_page()
     log = PageLog(page)
-    page.goto(base + "/")
+    page.goto(url)
+    return page, log
+
+
+def open_page(browser, base: str, **context_options):
+    page, log = open_page_at(browser, base + "/", **context_options)
     page.wait_for_selector("body[data-ready=true]")
     return page, log
 
@@ -212,6 +217,17 @@ def test_page_is_self_contained_and_accessible(browser, open_server):
             "els => els.filter(e => !e.labels || e.labels.length === 0).map(e => e.id)")
         assert unlabelled == []
         assert not page.locator("#auth").is_visible()  # an open server asks for no key
+    finally:
+        page.context.close()
+
+
+def test_swagger_ui_renders_offline(browser, open_server):
+    page, log = open_page_at(browser, open_server + "/docs")
+    try:
+        page.wait_for_selector(".swagger-ui .opblock-summary-path", timeout=60_000)
+        assert CHECK in page.locator(".swagger-ui").text_content()
+        assert all(u.startswith(open_server) or u.startswith("data:") for u in log.requests), \
+            [u for u in log.requests if not u.startswith(open_server)]
     finally:
         page.context.close()
 
