@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import struct
 from pathlib import Path
 from typing import IO
 
@@ -144,6 +145,10 @@ def _from_encoded(source, label, max_pixels, min_side, target_shorter_side) -> I
     except OSError as exc:  # missing file, a directory, no permission, short header
         reason = exc.strerror or str(exc)
         raise ImageDecodeError(f"{label}: cannot read: {reason}") from exc
+    except (ValueError, SyntaxError, EOFError, struct.error) as exc:
+        # Plugins raise these on corrupt headers (found by fuzzing: a PNG whose IHDR
+        # length is 0 gives ValueError("Truncated IHDR chunk")).
+        raise ImageDecodeError(f"{label}: corrupt image header ({exc})") from exc
     with opened as image:
         return _finish(image, label, max_pixels, min_side, target_shorter_side)
 

@@ -116,6 +116,18 @@ def test_decoder_on_mutated_real_images(rss_budget, data):
         assert image.width * image.height <= MAX_PIXELS
 
 
+def test_png_with_empty_ihdr_is_a_decode_error():
+    """Found by the property above: Pillow raised ValueError, which reached the client
+    as error 99."""
+    data = bytearray(SEEDS["png"])
+    data[8:12] = b"\0\0\0\0"  # the IHDR chunk's length
+    with pytest.raises(IQAError) as caught:
+        decode_image(bytes(data), name="fuzz")
+    from iqa.inference.server.errors import spec_for
+
+    assert spec_for(caught.value).code == 20
+
+
 @pytest.fixture(scope="module")
 def client(tiny_model_path):
     model = QualityModel(tiny_model_path, max_pixels=MAX_PIXELS)

@@ -1,0 +1,289 @@
+"""Load and abuse benchmark of `iqa serve`, on loopback only, bounded in count and time.
+
+Starts `iqa serve` (the shipped model, default limits) as a subprocess on 127.0.0.1 and
+drives it from this process:
+
+1. load: 1024x768 JPEG uploads at concurrency 1, 8 and 64 (throughput, p50/p99 of the
+   200s; at 64 the queue overflows, so the 503s and their latency are counted too);
+2. resident memory (RSS, from /proc) before and after those requests (2,000 by default);
+3. the gzip attack: 64 concurrent URL requests to a loopback upstream that answers
+   0.5 MB of gzip inflating to 500 MB with `Content-Encoding: gzip`; RSS after;
+4. slow clients: 50 connections trickling their headers, while a normal upload is timed;
+5. 200 requests with invented HTTP methods; the number of metric series after.
+
+Peak RSS over the whole run is the kernel's VmHWM. Every address is 127.0.0.1; every
+loop has a fixed count and a timeout. Results go to stdout as JSON (and --out).
+
+    python scripts/benchmark_server.py --out bench-server.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+CHECK = "/1.0/check.json"
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/{pid}/status")
+
+
+def test_image() -> bytes:
+    photo = Image.open(ROOT / "docs" / "examples" / "astronaut.jpg").convert("RGB")
+    buffer = io.BytesIO()
+    photo.resize((1024, 768), Image.LANCZOS).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q / 100 * (len(values) - 1)))]
+
+
+# ------------------------------------------------------------------ gzip upstream
+def gzip_bomb(inflated: int) -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: gzip framing
+    block = b"\0" * (1 << 20)
+    out = [packer.compress(block) for _ in range(inflated // len(block))]
+    out.append(packer.flush())
+    return b"".join(out)
+
+
+@contextlib.contextmanager
+def bomb_upstream(body: bytes):
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            with contextlib.suppress(OSError):
+                self.send_response(200)
+                self.send_header("Content-Type", "image/jpeg")
+                self.send_header("Content-Encoding", "gzip")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+    server = ThreadingHTTPServer((HOST, 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{HOST}:{server.server_address[1]}/bomb.jpg"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# -------------------------------------------------------------------------- load
+def load(base: str, image: bytes, concurrency: int, requests: int, deadline_s: float) -> dict:
+    results: list[tuple[int, float]] = []
+    lock = threading.Lock()
+    counter = iter(range(requests))
+    stop = time.monotonic() + deadline_s
+
+    def worker():
+        with httpx.Client(timeout=60, trust_env=False) as client:
+            while time.monotonic() < stop:
+                with lock:
+                    if next(counter, None) is None:
+                        return
+                start = time.perf_counter()
+                try:
+                    status = client.post(f"{base}{CHECK}", data={"models": "quality"},
+                                         files={"media": ("p.jpg", image, "image/jpeg")}
+                                         ).status_code
+                except httpx.HTTPError:
+                    status = 0
+                with lock:
+                    results.append((status, time.perf_counter() - start))
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        for _ in range(concurrency):
+            pool.submit(worker)
+    wall = time.perf_counter() - started
+    ok = [t for s, t in results if s == 200]
+    busy = [t for s, t in results if s == 503]
+    return {
+        "concurrency": concurrency,
+        "requests": len(results),
+        "ok": len(ok),
+        "busy_503": len(busy),
+        "other": len(results) - len(ok) - len(busy),
+        "wall_s": round(wall, 2),
+        "ok_per_s": round(len(ok) / wall, 1),
+        "p50_ms": _ms(percentile(ok, 50)),
+        "p99_ms": _ms(percentile(ok, 99)),
+        "busy_p50_ms": _ms(percentile(busy, 50)),
+        "busy_p99_ms": _ms(percentile(busy, 99)),
+    }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+# ------------------------------------------------------------------------- abuse
+def gzip_attack(base: str, url: str, parallel: int) -> dict:
+    def one(_):
+        with httpx.Client(timeout=120, trust_env=False) as client:
+            response = client.get(f"{base}{CHECK}", params={"models": "quality", "url": url})
+            return response.status_code, response.json()["error"]["code"]
+
+    with ThreadPoolExecutor(parallel) as pool:
+        answers = list(pool.map(one, range(parallel)))
+    return {"requests": parallel, "answers": sorted({f"{s}/code {c}" for s, c in answers})}
+
+
+def slowloris(base: str, image: bytes, connections: int) -> dict:
+    port = int(base.rsplit(":", 1)[1])
+    head = (f"POST {CHECK} HTTP/1.1\r\nHost: x\r\n" + "X-Pad: a\r\n" * 200).encode()
+    closed_after: list[float] = []
+
+    def trickle():
+        start = time.monotonic()
+        with socket.create_connection((HOST, port), timeout=5) as sock:
+            for byte in head:
+                try:
+                    sock.sendall(bytes([byte]))
+                    time.sleep(0.1)
+                    sock.setblocking(False)
+                    try:
+                        if sock.recv(1, socket.MSG_PEEK) is not None:
+                            break
+                    except BlockingIOError:
+                        pass
+                    finally:
+                        sock.setblocking(True)
+                except OSError:
+                    break
+        closed_after.append(time.monotonic() - start)
+
+    threads = [threading.Thread(target=trickle, daemon=True) for _ in range(connections)]
+    for t in threads:
+        t.start()
+    time.sleep(1)
+    start = time.perf_counter()
+    response = httpx.post(f"{base}{CHECK}", data={"models": "quality"},
+                          files={"media": ("p.jpg", image)}, timeout=60, trust_env=False)
+    served_ms = (time.perf_counter() - start) * 1000
+    for t in threads:
+        t.join(60)
+    return {
+        "connections": connections,
+        "normal_request_status": response.status_code,
+        "normal_request_ms": round(served_ms, 1),
+        "slow_connections_closed_after_max_s": round(max(closed_after), 1) if closed_after
+        else None,
+    }
+
+
+def invented_methods(base: str, count: int) -> dict:
+    with httpx.Client(timeout=10, trust_env=False) as client:
+        before = client.get(f"{base}/metrics").text.count("iqa_requests_total{")
+        for i in range(count):
+            client.request(f"X{i}", f"{base}{CHECK}")
+        after = client.get(f"{base}/metrics").text.count("iqa_requests_total{")
+    return {"requests": count, "series_before": before, "series_after": after}
+
+
+# -------------------------------------------------------------------------- main
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", default="100,600,1300",
+                        help="requests at concurrency 1, 8, 64 (default 100,600,1300: 2,000)")
+    parser.add_argument("--phase-timeout", type=float, default=90,
+                        help="seconds at most per load phase (default 90)")
+    parser.add_argument("--bomb-mb", type=int, default=500, help="inflated gzip size, MB")
+    parser.add_argument("--out", help="also write the JSON here")
+    args = parser.parse_args()
+    counts = [int(n) for n in args.requests.split(",")]
+
+    port = free_port()
+    command = [sys.executable, "-m", "iqa.inference.cli", "serve", "--host", HOST, "--port",
+               str(port), "--log-level", "warning", "--allow-url-network", f"{HOST}/32"]
+    env = {k: v for k, v in os.environ.items() if k != "IQA_API_KEYS"}
+    server = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+    base = f"http://{HOST}:{port}"
+    report: dict = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, load average "
+                   f"{os.getloadavg()[0]:.2f} at start",
+        "server": " ".join(command[2:]),
+    }
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/health", timeout=2, trust_env=False).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"iqa serve did not start: {server.stderr.read().decode()}")
+            time.sleep(0.2)
+        image = test_image()
+        report["image"] = f"1024x768 JPEG, {len(image)} bytes"
+        load(base, image, 2, 10, 60)  # warm-up
+        report["rss_mb_before"] = round(rss_mb(server.pid), 1)
+        report["load"] = [load(base, image, c, n, args.phase_timeout)
+                          for c, n in zip((1, 8, 64), counts, strict=True)]
+        report["rss_mb_after_load"] = round(rss_mb(server.pid), 1)
+        report["requests_before_rss"] = sum(r["requests"] for r in report["load"])
+        body = gzip_bomb(args.bomb_mb << 20)
+        report["gzip_body"] = f"{len(body)} bytes inflating to {args.bomb_mb} MiB"
+        with bomb_upstream(body) as url:
+            report["gzip_attack"] = gzip_attack(base, url, 64)
+        report["rss_mb_after_gzip"] = round(rss_mb(server.pid), 1)
+        report["slowloris"] = slowloris(base, image, 50)
+        report["invented_methods"] = invented_methods(base, 200)
+        report["rss_mb_end"] = round(rss_mb(server.pid), 1)
+        report["rss_mb_peak"] = round(rss_mb(server.pid, "VmHWM"), 1)
+        report["load_average_end"] = round(os.getloadavg()[0], 2)
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
