@@ -255,10 +255,16 @@
   function render() {
     $("threshold-value").textContent = threshold().toFixed(2);
     const grid = $("grid");
-    for (const item of sorted()) {
+    const order = sorted();
+    for (const item of order) {
       item.el.classList.toggle("below", isBelow(item));
       item.el.hidden = !visible(item);
-      grid.append(item.el);  // moves the existing node into sorted order
+    }
+    // Re-append (which moves nodes) only when the order changed: a drop of hundreds of
+    // photos renders once per answer, and moving every card each time would be quadratic.
+    const current = grid.children;
+    if (order.length !== current.length || order.some((item, i) => current[i] !== item.el)) {
+      grid.append(...order.map((item) => item.el));
     }
     const done = items.filter((i) => i.status === "done");
     const failed = items.filter((i) => i.status === "failed" || i.status === "auth");
