@@ -380,6 +380,22 @@ def test_too_large_upload_shows_the_limit(browser, open_server):
         page.context.close()
 
 
+def test_busy_server_answers_are_retried(browser, shipped_model, photos):
+    # One worker and no queue: the page's second parallel upload is refused with 503 and
+    # Retry-After; the page waits and retries instead of reporting a failure.
+    settings = ServerSettings(workers=1, max_queue=0)
+    with uvicorn_server(create_app(shipped_model, settings)) as base:
+        page, log = open_page(browser, base)
+        try:
+            page.set_input_files("#files", [str(p) for p in photos[:4]])
+            wait_until_settled(page, 4)
+            assert [c["status"] for c in cards(page)] == ["done"] * 4
+            busy = [b for b in log.check_bodies if b.get("status") == "failure"]
+            assert all(b["error"]["code"] == 50 for b in busy), busy
+        finally:
+            page.context.close()
+
+
 def test_auth_prompt_and_no_scores_without_a_key(browser, auth_server, photos):
     page, log = open_page(browser, auth_server)
     try:
