@@ -370,12 +370,18 @@ def test_refused_url_and_drag_and_drop(browser, open_server, photos):
 def test_too_large_upload_shows_the_limit(browser, open_server):
     page, log = open_page(browser, open_server)
     try:
-        page.set_input_files("#files", [{"name": "huge.jpg", "mimeType": "image/jpeg",
+        # A name that a spreadsheet would run as a formula, to check the CSV defuses it.
+        name = "=HYPERLINK(huge).jpg"
+        page.set_input_files("#files", [{"name": name, "mimeType": "image/jpeg",
                                          "buffer": b"\xff\xd8" + b"\0" * (MAX_UPLOAD + 10)}])
         wait_until_settled(page, 1)
         card = cards(page)[0]
         assert card["status"] == "failed"
         assert card["error"].startswith("Too large: ") and "(error 24)" in card["error"]
+        with page.expect_download() as download:
+            page.click("#download-csv")
+        rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text("utf-8"))))
+        assert [(r["name"], r["error_code"]) for r in rows] == [("'" + name, "24")]
     finally:
         page.context.close()
 
