@@ -119,7 +119,8 @@ class IQAH11Protocol(H11Protocol):
         self._arm_head_timer()
 
     def data_received(self, data: bytes) -> None:
-        self._head_bytes += len(data)
+        if self.conn.their_state is h11.IDLE:  # not the rest of a refused request's body
+            self._head_bytes += len(data)
         super().data_received(data)
         if self.scope is not self._head_scope:  # a whole request head has been parsed
             self._cancel_head_timer()
