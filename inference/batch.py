@@ -527,6 +527,19 @@ def _default_actors(gpus_per_actor: float, cpus_per_actor: float) -> tuple[int, 
     return n, n
 
 
+def _check_pool(pool: tuple[int, int], cpus_per_actor: float) -> None:
+    """Refuse a pool whose fixed minimum would hold every CPU: decoding would never run."""
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if pool[0] * cpus_per_actor > cpus - 1:
+        raise ValueError(
+            f"{pool[0]} actors x {cpus_per_actor:g} CPUs leave no CPU of the cluster's "
+            f"{cpus:g} for the decode tasks, and the job would wait forever; use fewer "
+            "actors, or MIN-MAX with a small MIN on an autoscaling cluster"
+        )
+
+
 def score_batch(
     input: str,
     output: str,
@@ -597,6 +610,8 @@ def score_batch(
         ray.init(**init)
         started_ray = True
     try:
+        pool = pool or _default_actors(gpus_per_actor, cpus_per_actor)
+        _check_pool(pool, cpus_per_actor)
         return _run(
             todo, output, summary,
             spec=_ModelSpec(
@@ -607,7 +622,7 @@ def score_batch(
             ),
             options=options,
             schema=output_schema(factor_names),
-            pool=pool or _default_actors(gpus_per_actor, cpus_per_actor),
+            pool=pool,
             batch_size=batch_size,
             cpus_per_actor=cpus_per_actor,
             gpus_per_actor=gpus_per_actor,
@@ -635,7 +650,10 @@ def _run(todo, output, summary, *, spec, options, schema, pool, batch_size, cpus
         ("CUDAExecutionProvider", "CPUExecutionProvider") if gpus_per_actor > 0
         else ("CPUExecutionProvider",)
     )
-    threads = threads or max(1, round(cpus_per_actor))
+    # Two onnxruntime threads per reserved CPU: the decode tasks leave part of their CPUs
+    # idle (decoding costs a fraction of scoring), and idle onnxruntime threads do not
+    # spin (QualityModel turns spinning off), so the extra threads only use slack.
+    threads = threads or max(1, round(2 * cpus_per_actor))
     # One input block per decode task; a batch's worth of images each keeps the blocks
     # that flow to the actors small, MAX_INPUT_BLOCKS keeps huge jobs cheap to set up.
     rows_per_block = max(batch_size, -(-len(todo) // MAX_INPUT_BLOCKS))

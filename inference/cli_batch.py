@@ -72,7 +72,8 @@ examples:
     )
     cluster.add_argument(
         "--threads", type=int, metavar="N",
-        help="onnxruntime threads per actor (default: --cpus-per-actor, rounded)",
+        help="onnxruntime threads per actor (default: twice --cpus-per-actor, which fills "
+        "the CPU time the decode tasks leave idle)",
     )
     storage = parser.add_argument_group("reading and writing")
     storage.add_argument(
@@ -105,7 +106,7 @@ examples:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .batch import BatchInputError, parse_actors, s3_options_from_endpoint, score_batch
+    from .batch import parse_actors, s3_options_from_endpoint, score_batch
     from .errors import IQAError
 
     try:
@@ -138,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
             progress=sys.stderr.isatty() if args.progress is None else args.progress,
             **options,
         )
-    except (BatchInputError, IQAError) as exc:
+    except (IQAError, ValueError) as exc:  # bad INPUT/OUTPUT, model or pool size
         print(f"iqa batch: {exc}", file=sys.stderr)
         return 2
     print(f"iqa batch: {summary}", file=sys.stderr)
