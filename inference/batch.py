@@ -550,7 +550,7 @@ def score_batch(
     address: str | None = None,
     num_cpus: int | None = None,
     actors: str | int | tuple[int, int] | None = None,
-    batch_size: int = 32,
+    batch_size: int = 8,
     cpus_per_actor: float = 1.0,
     gpus_per_actor: float = 0.0,
     threads: int | None = None,
