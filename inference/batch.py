@@ -589,8 +589,14 @@ def score_batch(
     version = local_model.info()["version"]
     model_bytes = local_model.path.read_bytes()
 
-    paths = list_inputs(input, column=column, recursive=recursive, s3_options=s3_options)
-    done, versions = read_done(output, s3_options)
+    try:
+        paths = list_inputs(input, column=column, recursive=recursive, s3_options=s3_options)
+    except OSError as exc:  # pyarrow: access denied, no such bucket, network down
+        raise BatchInputError(f"{input}: cannot list: {exc}") from exc
+    try:
+        done, versions = read_done(output, s3_options)
+    except OSError as exc:
+        raise BatchInputError(f"{output}: cannot read the existing output: {exc}") from exc
     if versions - {version}:
         log(
             f"OUTPUT already holds rows from model version(s) {', '.join(sorted(versions))}; "
@@ -600,6 +606,11 @@ def score_batch(
     summary = BatchSummary(output=output, skipped=len(paths) - len(todo))
     if not todo:
         return summary
+    try:
+        writer = PartWriter(output, output_schema(factor_names), rows_per_file=rows_per_file,
+                            flush_seconds=flush_seconds, s3_options=s3_options)
+    except OSError as exc:
+        raise BatchInputError(f"{output}: cannot write: {exc}") from exc
 
     started_ray = False
     if not ray.is_initialized():
@@ -613,7 +624,7 @@ def score_batch(
         pool = pool or _default_actors(gpus_per_actor, cpus_per_actor)
         _check_pool(pool, cpus_per_actor)
         return _run(
-            todo, output, summary,
+            todo, writer, summary,
             spec=_ModelSpec(
                 hashlib.sha256(model_bytes).hexdigest(),
                 ray.put(model_bytes),
@@ -621,24 +632,20 @@ def score_batch(
                 min_side,
             ),
             options=options,
-            schema=output_schema(factor_names),
             pool=pool,
             batch_size=batch_size,
             cpus_per_actor=cpus_per_actor,
             gpus_per_actor=gpus_per_actor,
             threads=threads,
-            rows_per_file=rows_per_file,
-            flush_seconds=flush_seconds,
             progress=progress,
-            s3_options=s3_options,
         )
     finally:
         if started_ray:
             ray.shutdown()
 
 
-def _run(todo, output, summary, *, spec, options, schema, pool, batch_size, cpus_per_actor,
-         gpus_per_actor, threads, rows_per_file, flush_seconds, progress, s3_options):
+def _run(todo, writer, summary, *, spec, options, pool, batch_size, cpus_per_actor,
+         gpus_per_actor, threads, progress):
     import pyarrow as pa
     import pyarrow.compute as pc
     import ray
@@ -684,8 +691,6 @@ def _run(todo, output, summary, *, spec, options, schema, pool, batch_size, cpus
             num_gpus=gpus_per_actor or None,
         )
     )
-    writer = PartWriter(output, schema, rows_per_file=rows_per_file,
-                        flush_seconds=flush_seconds, s3_options=s3_options)
     start = time.perf_counter()
     try:
         for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):

@@ -115,6 +115,33 @@ def test_list_inputs_folder_glob_and_manifests(tmp_path, photo):
         list_inputs(str(tmp_path / "nothing-here"))
 
 
+def test_a_part_file_appears_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A job killed while writing a part leaves no readable half-file behind."""
+    import pyarrow as pa
+
+    schema = batch_module.output_schema(["blur"])
+    rows = pa.Table.from_pylist(
+        [{"path": "/a.jpg", "score": 0.5, "bucket": "decent", "blur": 0.1, "status": "ok",
+          "model_version": "v"}], schema=schema)
+    writer = batch_module.PartWriter(str(tmp_path / "out"), schema, rows_per_file=10,
+                                     flush_seconds=60)
+    writer.add(rows)
+    assert writer.files == []  # buffered: fewer rows than rows_per_file
+
+    def killed_mid_write(table, stream, **kwargs):
+        stream.write(b"PAR1 half a file")
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(pq, "write_table", killed_mid_write)
+    with pytest.raises(SystemExit):
+        writer.flush()
+    monkeypatch.undo()
+    assert batch_module.read_done(str(tmp_path / "out")) == (set(), set())
+    writer.add(rows)
+    writer.flush()
+    assert batch_module.read_done(str(tmp_path / "out")) == ({"/a.jpg"}, {"v"})
+
+
 def test_base_install_imports_no_ray_and_batch_help_needs_no_ray(tmp_path):
     """`import iqa.inference` pulls neither Ray, pyarrow nor torch; the CLI says what to install."""
     child = r"""
