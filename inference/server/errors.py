@@ -2,7 +2,7 @@
 
 Types are the hosted API's vocabulary (argument_error, credentials_error, media_error,
 request_error, api_error, unknown_error). Codes are integers that never change meaning
-once released; docs/readme/http.md lists the same table, and a test keeps the two equal.
+once released; docs/http-api.md lists the same table, and a test keeps the two equal.
 """
 
 from __future__ import annotations
