@@ -6,7 +6,8 @@ shipped model, and every score it renders is checked against the JSON the API it
 returned for that request, so the tests hold whatever the shipped model scores.
 
 Outside CI the tests skip, saying why, when chromium or playwright is missing; in CI
-(`CI` set, as `.ci/run` does) a missing browser is a failure.
+(`CI` set, as `.ci/run` does) a missing browser is a failure. IQA_CHROMIUM names another
+Chromium binary.
 """
 
 from __future__ import annotations
