@@ -191,8 +191,12 @@ def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     xc = x - x.mean(axis=1, keepdims=True)
     yc = y - y.mean(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
-        # A resample that happens to be constant has no correlation: NaN, dropped later.
-        return (xc * yc).sum(axis=1) / np.sqrt((xc * xc).sum(axis=1) * (yc * yc).sum(axis=1))
+        r = (xc * yc).sum(axis=1) / np.sqrt((xc * xc).sum(axis=1) * (yc * yc).sum(axis=1))
+    # A resample that happens to be constant has no correlation: NaN, dropped later. The
+    # test is on the values, not on r: the mean of three copies of 0.1 is not exactly 0.1,
+    # so the centred row is tiny but non-zero and r would come out as a spurious +-1.
+    r[(np.ptp(x, axis=1) == 0) | (np.ptp(y, axis=1) == 0)] = np.nan
+    return r
 
 
 def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -1,0 +1,229 @@
+"""Metrics against oracles that do not share code with training/metrics.py.
+
+tests/test_metrics.py compares point estimates with scipy, which the module calls itself.
+Here the expected values come from facts that hold for every resample (a strictly
+monotonic relation has Spearman 1 in every resample, whatever its shape), from hand
+computation, or from a per-resample loop over scipy that re-implements the documented
+procedure independently of the vectorised code.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from iqa.training.metrics import (
+    LOGISTICS,
+    METRIC_NAMES,
+    LogisticFit,
+    evaluate_predictions,
+    fit_logistic,
+    metrics_to_markdown,
+)
+
+
+def _convex_pairs(n: int = 25) -> tuple[np.ndarray, np.ndarray]:
+    # Strictly increasing but far from linear: ranks agree, raw values do not.
+    x = np.linspace(0.0, 1.0, n)
+    return x, np.exp(8 * x)
+
+
+def test_srcc_and_krcc_intervals_of_a_monotonic_curve_are_exactly_one():
+    # Every resample of a strictly increasing relation is either constant (dropped) or
+    # has Spearman and Kendall exactly 1, ties included (they fall on the same pairs).
+    # Pearson between ranks of x and the *raw* curved y is well below 1, so any resample
+    # statistic that forgets to rank y moves the interval off 1.
+    x, y = _convex_pairs()
+    result = evaluate_predictions(x, y, n_boot=300, seed=4)
+    for name in ("srcc", "krcc"):
+        assert result[name]["value"] == pytest.approx(1.0)
+        assert result[name]["ci_low"] == pytest.approx(1.0, abs=1e-12), name
+        assert result[name]["ci_high"] == pytest.approx(1.0, abs=1e-12), name
+    # The same data decreasing: -1 everywhere.
+    down = evaluate_predictions(x, -y, n_boot=300, seed=4)
+    assert down["srcc"]["ci_low"] == pytest.approx(-1.0) == down["srcc"]["ci_high"]
+    # Raw PLCC does see the curvature, so its interval lies below 1.
+    assert result["plcc"]["ci_high"] < 0.95
+
+
+def test_linear_and_offset_relations_give_degenerate_intervals():
+    x = np.linspace(0.1, 0.9, 20)
+    linear = evaluate_predictions(x, 2 * x + 1, n_boot=200, seed=0)
+    assert linear["plcc"]["ci_low"] == pytest.approx(1.0)
+    assert linear["plcc"]["ci_high"] == pytest.approx(1.0)
+    # y = x + 0.1: every pair is off by exactly 0.1, so every resample's RMSE is 0.1.
+    offset = evaluate_predictions(x, x + 0.1, n_boot=200, seed=0)
+    for end in ("value", "ci_low", "ci_high"):
+        assert offset["rmse"][end] == pytest.approx(0.1)
+    # The logistic maps x onto x + 0.1 exactly (within the 4PL's reach), so the fitted
+    # RMSE is ~0 and the fitted PLCC ~1 in every resample.
+    assert offset["rmse_logistic"]["ci_high"] < 0.01
+    assert offset["plcc_logistic"]["ci_low"] > 0.999
+
+
+def _oracle_bootstrap(x, y, n_boot, seed, confidence, statistic):
+    """The documented procedure, one resample at a time: paired indices drawn as a
+    (n_boot, n) matrix from default_rng(seed), percentile interval of the finite values."""
+    idx = np.random.default_rng(seed).integers(0, x.size, size=(n_boot, x.size))
+    values = []
+    for row in idx:
+        xs, ys = x[row], y[row]
+        if np.ptp(xs) == 0 or np.ptp(ys) == 0:
+            continue
+        values.append(statistic(xs, ys))
+    tail = 100 * (1 - confidence) / 2
+    return np.percentile(values, [tail, 100 - tail])
+
+
+@pytest.mark.parametrize("confidence", [0.9, 0.5])
+def test_bootstrap_intervals_match_a_per_resample_oracle(confidence):
+    rng = np.random.default_rng(11)
+    x = rng.uniform(0, 1, 30)
+    y = np.exp(3 * x) + rng.normal(0, 0.6, 30)  # noisy, curved, with outliers in y
+    y[rng.integers(0, 30, 3)] += 8
+    result = evaluate_predictions(x, y, n_boot=400, seed=7, confidence=confidence)
+    fit = LogisticFit.from_dict(result["logistic"])
+    statistics = {
+        "srcc": lambda a, b: stats.spearmanr(a, b).statistic,
+        "krcc": lambda a, b: stats.kendalltau(a, b).statistic,
+        "plcc": lambda a, b: np.corrcoef(a, b)[0, 1],
+        "rmse": lambda a, b: math.sqrt(np.mean((a - b) ** 2)),
+    }
+    for name, statistic in statistics.items():
+        low, high = _oracle_bootstrap(x, y, 400, 7, confidence, statistic)
+        assert result[name]["ci_low"] == pytest.approx(low, abs=1e-9), name
+        assert result[name]["ci_high"] == pytest.approx(high, abs=1e-9), name
+    mapped = fit(x)
+    idx = np.random.default_rng(7).integers(0, 30, size=(400, 30))
+    rmse_fit = [math.sqrt(np.mean((mapped[r] - y[r]) ** 2)) for r in idx]
+    tail = 100 * (1 - confidence) / 2
+    assert result["rmse_logistic"]["ci_low"] == pytest.approx(np.percentile(rmse_fit, tail))
+    assert result["rmse_logistic"]["ci_high"] == pytest.approx(
+        np.percentile(rmse_fit, 100 - tail))
+    plcc_fit = [np.corrcoef(mapped[r], y[r])[0, 1] for r in idx]
+    assert result["plcc_logistic"]["ci_low"] == pytest.approx(np.percentile(plcc_fit, tail))
+
+
+def test_degenerate_resamples_are_counted_and_dropped():
+    # With 3 pairs, a resample that draws one index three times is constant. The count
+    # of such rows follows from the documented index matrix. 0.1 and 0.9 matter: their
+    # triple means are off by one ulp, which once turned constant rows into PLCC +-1.
+    x, y = np.array([0.1, 0.5, 0.9]), np.array([0.2, 0.3, 0.8])
+    idx = np.random.default_rng(5).integers(0, 3, size=(500, 3))
+    constant = int(sum(np.ptp(row) == 0 for row in idx))
+    assert constant > 0
+    result = evaluate_predictions(x, y, n_boot=500, seed=5)
+    assert result["bootstrap"]["degenerate_resamples"] == constant
+    # Ranks agree in every non-constant resample: SRCC's interval stays at 1.
+    assert result["srcc"]["ci_low"] == pytest.approx(1.0)
+
+
+def test_large_sets_are_resampled_in_chunks_with_the_same_numbers():
+    # 2,000,000 // 25,000 = 80 resamples per chunk, so 200 resamples take three chunks
+    # drawn from one generator; the first 80 rows equal one unchunked (80, n) draw.
+    rng = np.random.default_rng(2)
+    x = rng.uniform(0, 1, 25_000)
+    y = x + rng.normal(0, 0.3, x.size)
+    result = evaluate_predictions(x, y, n_boot=200, seed=1, logistic="4pl")
+    draws = np.random.default_rng(1)
+    rmse = []
+    for size in (80, 80, 40):
+        idx = draws.integers(0, x.size, size=(size, x.size))
+        rmse += [math.sqrt(np.mean((x[r] - y[r]) ** 2)) for r in idx]
+    assert len(rmse) == 200
+    assert result["rmse"]["ci_low"] == pytest.approx(np.percentile(rmse, 2.5), rel=1e-9)
+    assert result["rmse"]["ci_high"] == pytest.approx(np.percentile(rmse, 97.5), rel=1e-9)
+
+
+def test_hand_computed_rank_statistics_with_disagreeing_ranks():
+    # x ranks 1..5, y ranks 2,1,4,3,5: d = [-1, 1, -1, 1, 0], sum d^2 = 4, so
+    # Spearman = 1 - 6 * 4 / (5 * 24) = 0.8. Of 10 pairs, 2 are discordant:
+    # Kendall = (8 - 2) / 10 = 0.6.
+    result = evaluate_predictions([1, 2, 3, 4, 5], [20, 10, 400, 300, 5000], n_boot=0)
+    assert result["srcc"]["value"] == pytest.approx(0.8)
+    assert result["krcc"]["value"] == pytest.approx(0.6)
+
+
+def test_invalid_confidence_and_n_boot_are_rejected():
+    for bad in (0, 1, 1.5, -0.1):
+        with pytest.raises(ValueError, match="confidence must be in"):
+            evaluate_predictions([0.1, 0.5, 0.9], [0.2, 0.4, 0.9], confidence=bad)
+    with pytest.raises(ValueError, match="n_boot must be >= 0"):
+        evaluate_predictions([0.1, 0.5, 0.9], [0.2, 0.4, 0.9], n_boot=-1)
+    # The smallest valid input: exactly three pairs.
+    assert evaluate_predictions([0.1, 0.5, 0.9], [0.2, 0.4, 0.9], n_boot=0)["n"] == 3
+
+
+def test_logistic_starting_points_by_hand():
+    x = np.array([0.0, 1.0, 2.0, 3.0])
+    y = np.array([1.0, 2.0, 4.0, 9.0])
+    # mean x 1.5, std x sqrt(1.25); MOS range [1, 9], mean 4.
+    assert LOGISTICS["4pl"].initial(x, y, 1.0) == pytest.approx([9.0, 1.0, 1.5, math.sqrt(1.25)])
+    assert LOGISTICS["4pl"].initial(x, y, -1.0) == pytest.approx([1.0, 9.0, 1.5, math.sqrt(1.25)])
+    assert LOGISTICS["5pl"].initial(x, y, 1.0) == pytest.approx(
+        [8.0, 1 / math.sqrt(1.25), 1.5, 0.0, 4.0])
+    assert LOGISTICS["5pl"].initial(x, y, -1.0)[0] == pytest.approx(-8.0)
+    # Constant predictions would divide by zero: the scale falls back to 1.
+    flat = np.zeros(4)
+    assert LOGISTICS["4pl"].initial(flat, y, 1.0)[3] == 1.0
+    assert LOGISTICS["5pl"].initial(flat, y, 1.0)[1] == 1.0
+    assert LOGISTICS["5pl"].initial(x, np.ones(4), 1.0)[0] == 1.0
+
+
+def test_fit_dictionary_round_trip_and_linear_fallback_call():
+    line = LogisticFit("linear", (2.0, -1.0), converged=False, message="why")
+    assert line(np.array([0.0, 1.0, 3.0])).tolist() == [-1.0, 1.0, 5.0]
+    d = line.to_dict()
+    assert d == {"kind": "linear", "formula": "b1 * x + b2", "params": [2.0, -1.0],
+                 "converged": False, "message": "why"}
+    assert LogisticFit.from_dict(d) == line
+    assert LogisticFit.from_dict({k: v for k, v in d.items() if k != "message"}).message == ""
+    four = LogisticFit("4pl", (1.0, 0.0, 0.5, 0.1), converged=True)
+    assert four.to_dict()["formula"] == "(b1 - b2) / (1 + exp(-(x - b3) / |b4|)) + b2"
+    assert four(0.5) == pytest.approx(0.5)
+
+
+def test_decreasing_relations_start_the_fit_from_swapped_asymptotes():
+    # maxfev=1 stops curve_fit before it moves, so the fallback message shows that the
+    # fit was attempted; with enough evaluations a falling curve is recovered exactly.
+    x = np.linspace(0, 1, 25)
+    y = 0.9 - 0.8 / (1 + np.exp(-(x - 0.5) / 0.1))
+    fit = fit_logistic(x, y, "4pl")
+    assert fit.converged
+    np.testing.assert_allclose(fit(x), y, atol=1e-6)
+    fit5 = fit_logistic(x, -3 * x + 2, "5pl")
+    assert fit5.converged
+    np.testing.assert_allclose(fit5(x), -3 * x + 2, atol=1e-5)
+
+
+def test_markdown_table_by_hand():
+    metrics = {
+        "n": 12,
+        "bootstrap": {"confidence": 0.9, "n_boot": 0, "method": "paired percentile", "seed": 0},
+        "logistic": {"converged": True, "kind": "4pl", "formula": "F"},
+    }
+    for name in METRIC_NAMES:
+        metrics[name] = {"value": 0.5, "ci_low": None, "ci_high": None}
+    metrics["rmse"] = {"value": float("nan"), "ci_low": 0.125, "ci_high": 0.25}
+    text = metrics_to_markdown(metrics, digits=2)
+    assert text.splitlines() == [
+        "| metric | value | 90% CI |",
+        "|---|---:|:---:|",
+        "| SRCC ↑ | 0.50 | n/a |",
+        "| KRCC ↑ | 0.50 | n/a |",
+        "| PLCC ↑ | 0.50 | n/a |",
+        "| PLCC (after logistic) ↑ | 0.50 | n/a |",
+        "| RMSE ↓ | n/a | [0.12, 0.25] |",
+        "| RMSE (after logistic) ↓ | 0.50 | n/a |",
+        "",
+        "n = 12; logistic: 4pl fit, f(x) = F",
+    ]
+    metrics.update(n_failed=2, n_images=14)
+    metrics["bootstrap"].update(n_boot=100, seed=3)
+    assert text.endswith("\n")
+    last = metrics_to_markdown(metrics).splitlines()[-1]
+    assert last == ("n = 12 (2 of 14 images failed to score); logistic: 4pl fit, f(x) = F; "
+                    "CIs: paired percentile bootstrap, 100 resamples, seed 3")
