@@ -238,6 +238,11 @@ def test_jpegs_decode_at_a_reduced_scale_never_below_the_shorter_side():
     assert decoded.size == (512, 384)
     small = decode_for_model(buffer.getvalue(), Preprocessing(shorter_side=100))
     assert small.size == (256, 192)  # 1/8 scale: 192 >= 100
+    # The caller's decode limits reach the decoder.
+    from iqa.inference.errors import ImageTooLargeError
+
+    with pytest.raises(ImageTooLargeError):
+        decode_for_model(buffer.getvalue(), Preprocessing(), max_pixels=1_000_000)
 
 
 # --------------------------------------------------------------------------- detail view
@@ -318,6 +323,17 @@ def test_detail_mosaic_pads_tiny_photos_by_edge_replication():
     assert wide_tile.shape == (32, 32, 3)
     # 40 px, one cell: centre 20 - 16 = 4; 30 px padded by 1 above, 1 below.
     assert np.array_equal(wide_tile[1:31], wide[:, 4:36])
+
+
+def test_detail_mosaic_pads_only_the_side_that_is_short():
+    # 41 px: one cell, centre 20.5 - 16 = 4.5, rounds (half to even) to 4. Padding the
+    # long side by even one pixel would move it to 5.
+    tall = _coordinates_image(20, 41)
+    tile = detail_mosaic(tall, DetailView(grid=1))
+    assert np.array_equal(tile[:, 6:26], tall[4:36])
+    wide = _coordinates_image(41, 20)
+    tile = detail_mosaic(wide, DetailView(grid=1))
+    assert np.array_equal(tile[6:26], wide[:, 4:36])
 
 
 @pytest.mark.parametrize("bad", [np.zeros((64, 64), np.uint8), np.zeros((64, 64, 4), np.uint8)])

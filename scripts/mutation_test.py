@@ -1,0 +1,241 @@
+#!/usr/bin/env python3
+"""Mutation testing of the modules that define iqa's numbers and contracts (TESTING.md).
+
+    python scripts/mutation_test.py                      # every module below
+    python scripts/mutation_test.py contract metrics     # some of them
+    python scripts/mutation_test.py trainer --list       # the selected mutants, not run
+
+mutmut (the dev extra) never touches the working tree: each module is staged into its own
+folder under --workdir (default: $TMPDIR/iqa-mutation) as a regular ``iqa`` package,
+because mutmut names a mutant after its file path and only activates it when the
+running module has that name (``iqa.training.metrics``, not ``training.metrics``). mutmut
+then copies the stage into ``<stage>/mutants/`` and mutates that copy.
+
+Each module runs only the tests that target it, and, where the issue scopes a module to
+some of its parts, only the mutants of those functions (and, inside the long
+``Trainer.fit``, only the mutants whose changed line is about checkpoint selection or
+resuming). Everything runs under ``nice -n 19``: it is slow, and it is not part of
+.ci/run. Results: a table on stdout and ``<workdir>/<module>/report.json``, with the diff
+of every surviving mutant, to be judged in TESTING.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# Top-level folders that become the iqa.* subpackages (pyproject's package-dir).
+PACKAGES = ("inference", "training", "models")
+
+
+@dataclass(frozen=True)
+class Target:
+    source: str  # path in the repository
+    tests: tuple[str, ...]
+    # fnmatch patterns on the mangled function name (``x_f`` or ``xǁClassǁmethod``);
+    # empty: every function of the file.
+    functions: tuple[str, ...] = ()
+    # Per function pattern: a regex the mutant's changed lines must match to be kept.
+    line_filters: dict[str, str] = field(default_factory=dict)
+    torch: bool = False  # fork from a torch-free server (torch is not fork-safe)
+
+
+TARGETS: dict[str, Target] = {
+    "contract": Target("inference/contract.py", ("tests/test_contract_pinned.py",)),
+    "preprocess": Target("inference/preprocess.py", ("tests/test_contract_pinned.py",)),
+    "metrics": Target("training/metrics.py",
+                      ("tests/test_metrics.py", "tests/test_metrics_oracles.py")),
+    "export": Target(
+        "training/export.py",
+        ("tests/test_export_parity_strict.py",),
+        functions=("xǁParityReportǁ*", "x_check_parity", "x_parity_sizes", "x_parity_inputs",
+                   "x_default_metadata", "x__as_text", "x_set_metadata",
+                   "x_checkpoint_metadata", "x_license_text"),
+        torch=True,
+    ),
+    "trainer": Target(
+        "training/trainer.py",
+        ("tests/test_trainer_selection.py", "tests/test_train_resume.py"),
+        functions=("xǁTrainerǁ_state", "xǁTrainerǁ_restore", "xǁTrainerǁfit",
+                   "xǁMetricsLogǁ_truncate"),
+        # fit is the whole loop; the selection and resume lines are the ones in scope.
+        line_filters={"xǁTrainerǁfit": r"best|improved|described|history|resume|_restore"
+                                        r"|in_epoch|finished|next_epoch|every|LAST|BEST"},
+        torch=True,
+    ),
+}
+
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests",
+          36: "timeout", 24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout",
+          -9: "killed (signal)", -11: "segfault", None: "not checked"}
+
+# Run inside the stage with mutmut's own functions: generate the mutants, then list each
+# one with its diff, as JSON in the file named by argv[1] (mutmut prints to stdout).
+_LIST_MUTANTS = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    from mutmut.__main__ import copy_src_dir, create_mutants
+    from mutmut.mutation.data import SourceFileMutationData
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+    from mutmut.utils.file_utils import copy_also_copy_files, setup_source_paths, walk_mutatable_files
+    import mutmut.__main__ as main
+    main.set_mutant_under_test("mutant_generation")
+    Path("mutants").mkdir(exist_ok=True)
+    copy_src_dir(); copy_also_copy_files(); setup_source_paths(); create_mutants(1)
+    out = {}
+    for path in walk_mutatable_files():
+        data = SourceFileMutationData(path=path)
+        data.load()
+        for name, code in data.exit_code_by_key.items():
+            out[name] = {"exit_code": code, "diff": get_diff_for_mutant(name, path=data.path)}
+    Path(sys.argv[1]).write_text(json.dumps(out))
+""")
+
+
+def stage(target: Target, folder: Path) -> None:
+    """A copy of the package as ``iqa/``, the tests, the configs, and a mutmut config."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    (folder / "iqa").mkdir()
+    (folder / "iqa" / "__init__.py").write_text("")  # shadows the editable install's iqa
+    for name in PACKAGES:
+        shutil.copytree(REPO / name, folder / "iqa" / name, ignore=ignore)
+    shutil.copytree(REPO / "tests", folder / "tests", ignore=ignore)
+    shutil.copytree(REPO / "configs", folder / "configs", ignore=ignore)
+    mutated = "iqa/" + target.source
+    config = {
+        "source_paths": ["iqa"],
+        "only_mutate": [mutated],
+        "also_copy": ["configs"],
+        "pytest_add_cli_args_test_selection": list(target.tests),
+        "pytest_add_cli_args": ["-p", "no:cacheprovider", "-x", "-q"],
+        "use_git_change_detection": False,
+        "process_isolation": "forkserver" if target.torch else "fork",
+    }
+    lines = ["[tool.pytest.ini_options]", 'testpaths = ["tests"]', "timeout = 600",
+             'markers = ["slow: takes more than a few seconds"]', "", "[tool.mutmut]"]
+    lines += [f"{key} = {json.dumps(value)}" for key, value in config.items()]
+    (folder / "pyproject.toml").write_text("\n".join(lines) + "\n")
+
+
+def list_mutants(folder: Path, env: dict) -> dict[str, dict]:
+    out = folder / "mutants.json"
+    subprocess.run([sys.executable, "-c", _LIST_MUTANTS, str(out)], cwd=folder, env=env,
+                   check=True, stdout=subprocess.DEVNULL)
+    return json.loads(out.read_text())
+
+
+def function_of(name: str) -> str:
+    """``iqa.training.trainer.xǁTrainerǁfit__mutmut_12`` -> ``xǁTrainerǁfit``."""
+    return name.rpartition(".")[2].partition("__mutmut_")[0]
+
+
+def changed_lines(diff: str) -> str:
+    return "\n".join(line for line in diff.splitlines()
+                     if line[:1] in "+-" and not line.startswith(("+++", "---")))
+
+
+def select(target: Target, mutants: dict[str, dict]) -> list[str]:
+    keep = []
+    for name, info in mutants.items():
+        function = function_of(name)
+        patterns = target.functions or ("*",)
+        matched = [p for p in patterns if fnmatch.fnmatchcase(function, p)]
+        if not matched:
+            continue
+        line_filter = target.line_filters.get(matched[0])
+        if line_filter and not re.search(line_filter, changed_lines(info["diff"])):
+            continue
+        keep.append(name)
+    return sorted(keep, key=lambda n: (function_of(n), int(n.rpartition("__mutmut_")[2])))
+
+
+def run_module(module: str, workdir: Path, max_children: int, list_only: bool) -> dict:
+    target = TARGETS[module]
+    folder = workdir / module
+    stage(target, folder)
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    mutants = list_mutants(folder, env)
+    names = select(target, mutants)
+    print(f"{module}: {len(names)} of {len(mutants)} mutants of {target.source} selected",
+          flush=True)
+    if list_only:
+        for name in names:
+            print(f"  {name}\n" + textwrap.indent(changed_lines(mutants[name]["diff"]), "      "))
+        return {}
+    nice = ["nice", "-n", "19"] if shutil.which("nice") else []
+    command = [*nice, sys.executable, "-m", "mutmut", "run", "--max-children",
+               str(max_children), *names]
+    subprocess.run(command, cwd=folder, env=env, check=False)
+    results = list_mutants(folder, env)
+    report = {"module": target.source, "tests": list(target.tests), "mutants": {}}
+    for name in names:
+        code = results[name]["exit_code"]
+        report["mutants"][name] = {"status": STATUS.get(code, f"exit {code}"),
+                                   "diff": results[name]["diff"]}
+    (folder / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    return report
+
+
+def summary(report: dict) -> str:
+    statuses = [m["status"] for m in report["mutants"].values()]
+    killed = sum(s.startswith("killed") or s == "timeout" for s in statuses)
+    total = len(statuses)
+    score = f"{killed / total:.1%}" if total else "n/a"
+    others = {s: statuses.count(s) for s in sorted(set(statuses)) if not s.startswith("killed")}
+    return f"{report['module']}: {killed}/{total} killed ({score}) {others}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("modules", nargs="*", metavar="MODULE",
+                        help=f"modules to test: {', '.join(TARGETS)} (default: all)")
+    parser.add_argument("--workdir", type=Path,
+                        default=Path(tempfile.gettempdir()) / "iqa-mutation",
+                        help="where the staged copies and mutmut's mutants/ go")
+    parser.add_argument("--max-children", type=int, default=1,
+                        help="parallel mutant runs (default 1: leave the CPUs to others)")
+    parser.add_argument("--list", action="store_true",
+                        help="list the selected mutants and their diffs, run nothing")
+    args = parser.parse_args()
+    unknown = sorted(set(args.modules) - set(TARGETS))
+    if unknown:
+        parser.error(f"unknown module(s) {', '.join(unknown)}; choose from {', '.join(TARGETS)}")
+    if shutil.which("mutmut") is None and not _has_mutmut():
+        print("mutmut is missing: pip install -e '.[dev]'", file=sys.stderr)
+        return 2
+    reports = [run_module(m, args.workdir, args.max_children, args.list)
+               for m in (args.modules or TARGETS)]
+    for report in reports:
+        if report:
+            print(summary(report))
+            for name, info in report["mutants"].items():
+                if info["status"] != "killed" and not info["status"].startswith("killed"):
+                    print(f"  {info['status']}: {name}\n"
+                          + textwrap.indent(changed_lines(info["diff"]), "      "))
+    return 0
+
+
+def _has_mutmut() -> bool:
+    try:
+        import mutmut  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    sys.exit(main())
