@@ -236,3 +236,22 @@ def test_default_metadata_and_set_metadata(model):
     set_metadata(proto, {"a": "text", "b": {"z": 1, "y": [2]}, "c": 3})
     assert [(p.key, p.value) for p in proto.metadata_props] == [
         ("a", "text"), ("b", '{"y": [2], "z": 1}'), ("c", "3")]
+
+
+def test_parity_inputs_cover_the_documented_sizes(model):
+    from iqa.training.export import parity_sizes
+
+    # The docstring's sizes for the shipped 320 px policy, and the same rule at 64 px:
+    # side, side + 4 cells (landscape and portrait), side + 2 cells by long + 2 cells.
+    assert parity_sizes(Preprocessing()) == [(320, 320), (320, 448), (448, 320), (384, 512)]
+    assert parity_sizes(model.preprocessing) == [(64, 64), (64, 192), (192, 64), (128, 256)]
+    assert parity_sizes(Preprocessing(shorter_side=20)) == [(32, 32), (32, 160), (160, 32),
+                                                           (96, 224)]
+    batches = parity_inputs(model.preprocessing)
+    assert [b.shape for b in batches] == [
+        (1, 3, 64, 64), (1, 3, 64, 192), (1, 3, 192, 64), (1, 3, 128, 256),
+        (2, 3, 128, 256),  # two different photos in one batch
+        (1, 3, 64, 64),  # the astronaut (512 x 512) through the unmodified policy
+    ]
+    assert not (batches[4][0] == batches[4][1]).all()
+    assert all(b.dtype.name == "float32" for b in batches)
