@@ -121,6 +121,29 @@ def test_degenerate_resamples_are_counted_and_dropped():
     assert result["srcc"]["ci_low"] == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("tied", ["predictions", "mos"])
+def test_resamples_constant_on_one_side_are_degenerate(tied):
+    # Two equal predictions (or MOS): a resample drawing only those two is constant on
+    # that side but not on the other, and must be dropped like a fully constant one.
+    a, b = [0.1, 0.1, 0.9], [0.2, 0.3, 0.8]
+    x, y = (np.array(a), np.array(b)) if tied == "predictions" else (np.array(b), np.array(a))
+    idx = np.random.default_rng(9).integers(0, 3, size=(600, 3))
+    degenerate = sum(np.ptp(x[r]) == 0 or np.ptp(y[r]) == 0 for r in idx)
+    assert degenerate > sum(np.ptp(r) == 0 for r in idx)  # more than the all-equal rows
+    result = evaluate_predictions(x, y, n_boot=600, seed=9)
+    assert result["bootstrap"]["degenerate_resamples"] == degenerate
+
+
+def test_degenerate_resamples_raise_no_numpy_warning():
+    # Constant resamples are expected with small sets; `iqa eval` must not print
+    # "invalid value encountered" for them.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        evaluate_predictions([0.1, 0.5, 0.9], [0.2, 0.3, 0.8], n_boot=200, seed=5)
+
+
 def test_large_sets_are_resampled_in_chunks_with_the_same_numbers():
     # 2,000,000 // 25,000 = 80 resamples per chunk, so 200 resamples take three chunks
     # drawn from one generator; the first 80 rows equal one unchunked (80, n) draw.
@@ -221,6 +244,12 @@ def test_markdown_table_by_hand():
         "",
         "n = 12; logistic: 4pl fit, f(x) = F",
     ]
+    titled = metrics_to_markdown(metrics, digits=2, title="Run 7").splitlines()
+    assert titled[:3] == ["### Run 7", "", "| metric | value | 90% CI |"]
+    metrics["logistic"] = {"converged": False, "message": "4pl fit failed (x)"}
+    assert metrics_to_markdown(metrics).splitlines()[-1] == (
+        "n = 12; logistic fit FAILED, linear fallback used: 4pl fit failed (x)")
+    metrics["logistic"] = {"converged": True, "kind": "4pl", "formula": "F"}
     metrics.update(n_failed=2, n_images=14)
     metrics["bootstrap"].update(n_boot=100, seed=3)
     assert text.endswith("\n")
