@@ -66,7 +66,8 @@ TARGETS: dict[str, Target] = {
     ),
     "trainer": Target(
         "training/trainer.py",
-        ("tests/test_trainer_selection.py", "tests/test_train_resume.py"),
+        ("tests/test_trainer_selection.py", "tests/test_train_resume.py",
+         "tests/test_train_units.py"),
         functions=("xǁTrainerǁ_state", "xǁTrainerǁ_restore", "xǁTrainerǁfit",
                    "xǁMetricsLogǁ_truncate"),
         # fit is the whole loop; the selection and resume lines are the ones in scope.
@@ -163,15 +164,37 @@ def select(target: Target, mutants: dict[str, dict]) -> list[str]:
     return sorted(keep, key=lambda n: (function_of(n), int(n.rpartition("__mutmut_")[2])))
 
 
-def run_module(module: str, workdir: Path, max_children: int, list_only: bool) -> dict:
+def killed(status: str) -> bool:
+    return status.startswith("killed") or status == "timeout"
+
+
+def restage_tests(folder: Path) -> dict:
+    """For --rerun: today's tests into an earlier stage; the earlier report."""
+    previous = json.loads((folder / "report.json").read_text())
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for where in (folder / "tests", folder / "mutants" / "tests"):
+        shutil.copytree(REPO / "tests", where, ignore=ignore, dirs_exist_ok=True)
+    # Make mutmut map tests to functions again, so new tests are run for old mutants.
+    (folder / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+    return previous
+
+
+def run_module(module: str, workdir: Path, max_children: int, list_only: bool,
+               rerun: bool = False) -> dict:
     target = TARGETS[module]
     folder = workdir / module
-    stage(target, folder)
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    mutants = list_mutants(folder, env)
-    names = select(target, mutants)
-    print(f"{module}: {len(names)} of {len(mutants)} mutants of {target.source} selected",
-          flush=True)
+    previous = None
+    if rerun and (folder / "report.json").is_file():
+        previous = restage_tests(folder)
+        names = [n for n, info in previous["mutants"].items() if not killed(info["status"])]
+        print(f"{module}: rerunning the {len(names)} mutants that were not killed", flush=True)
+    else:
+        stage(target, folder)
+        mutants = list_mutants(folder, env)
+        names = select(target, mutants)
+        print(f"{module}: {len(names)} of {len(mutants)} mutants of {target.source} selected",
+              flush=True)
     if list_only:
         for name in names:
             print(f"  {name}\n" + textwrap.indent(changed_lines(mutants[name]["diff"]), "      "))
@@ -181,7 +204,7 @@ def run_module(module: str, workdir: Path, max_children: int, list_only: bool) -
                str(max_children), *names]
     subprocess.run(command, cwd=folder, env=env, check=False)
     results = list_mutants(folder, env)
-    report = {"module": target.source, "tests": list(target.tests), "mutants": {}}
+    report = previous or {"module": target.source, "tests": list(target.tests), "mutants": {}}
     for name in names:
         code = results[name]["exit_code"]
         report["mutants"][name] = {"status": STATUS.get(code, f"exit {code}"),
@@ -192,11 +215,11 @@ def run_module(module: str, workdir: Path, max_children: int, list_only: bool) -
 
 def summary(report: dict) -> str:
     statuses = [m["status"] for m in report["mutants"].values()]
-    killed = sum(s.startswith("killed") or s == "timeout" for s in statuses)
+    dead = sum(killed(s) for s in statuses)
     total = len(statuses)
-    score = f"{killed / total:.1%}" if total else "n/a"
-    others = {s: statuses.count(s) for s in sorted(set(statuses)) if not s.startswith("killed")}
-    return f"{report['module']}: {killed}/{total} killed ({score}) {others}"
+    score = f"{dead / total:.1%}" if total else "n/a"
+    others = {s: statuses.count(s) for s in sorted(set(statuses)) if not killed(s)}
+    return f"{report['module']}: {dead}/{total} killed ({score}) {others}"
 
 
 def main() -> int:
@@ -208,6 +231,9 @@ def main() -> int:
                         help="where the staged copies and mutmut's mutants/ go")
     parser.add_argument("--max-children", type=int, default=1,
                         help="parallel mutant runs (default 1: leave the CPUs to others)")
+    parser.add_argument("--rerun", action="store_true",
+                        help="reuse each module's earlier stage: copy today's tests in and run "
+                        "only the mutants that were not killed")
     parser.add_argument("--list", action="store_true",
                         help="list the selected mutants and their diffs, run nothing")
     args = parser.parse_args()
@@ -217,13 +243,13 @@ def main() -> int:
     if shutil.which("mutmut") is None and not _has_mutmut():
         print("mutmut is missing: pip install -e '.[dev]'", file=sys.stderr)
         return 2
-    reports = [run_module(m, args.workdir, args.max_children, args.list)
+    reports = [run_module(m, args.workdir, args.max_children, args.list, args.rerun)
                for m in (args.modules or TARGETS)]
     for report in reports:
         if report:
             print(summary(report))
             for name, info in report["mutants"].items():
-                if info["status"] != "killed" and not info["status"].startswith("killed"):
+                if not killed(info["status"]):
                     print(f"  {info['status']}: {name}\n"
                           + textwrap.indent(changed_lines(info["diff"]), "      "))
     return 0

@@ -255,3 +255,23 @@ def test_parity_inputs_cover_the_documented_sizes(model):
     ]
     assert not (batches[4][0] == batches[4][1]).all()
     assert all(b.dtype.name == "float32" for b in batches)
+
+
+def test_parity_inputs_are_centre_crops_resized_by_the_policy(model):
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    def expected(photo, box, size):
+        resized = Image.fromarray(photo).crop(box).resize(size, Image.Resampling.BICUBIC)
+        return (np.asarray(resized, np.float32).transpose(2, 0, 1) / 255 - 0.5) / 0.5
+
+    batches = parity_inputs(model.preprocessing)
+    # coffee (600 x 400) to 64 x 192: scale min(600/192, 400/64) = 3.125, a 600 x 200
+    # crop centred vertically: rows 100-300.
+    np.testing.assert_allclose(batches[1][0], expected(data.coffee(), (0, 100, 600, 300),
+                                                       (192, 64)), atol=1e-6)
+    # chelsea (451 x 300) to 192 x 64: scale min(451/64, 300/192) = 1.5625, a 100 x 300
+    # crop centred horizontally: columns 175-275.
+    np.testing.assert_allclose(batches[2][0], expected(data.chelsea(), (175, 0, 275, 300),
+                                                       (64, 192)), atol=1e-6)
