@@ -124,6 +124,9 @@ def stage(target: Target, folder: Path) -> None:
         "pytest_add_cli_args_test_selection": list(target.tests),
         "pytest_add_cli_args": ["-p", "no:cacheprovider", "-x", "-q"],
         "use_git_change_detection": False,
+        # CPU-time limit per mutant: 2 x this x the tests' time. mutmut's 15 lets an
+        # infinite-loop mutant burn minutes; 5 is ample for a niced run on a busy machine.
+        "timeout_multiplier": 5.0,
         "process_isolation": "forkserver" if target.torch else "fork",
     }
     lines = ["[tool.pytest.ini_options]", 'testpaths = ["tests"]', "timeout = 600",
