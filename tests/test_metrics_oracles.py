@@ -256,3 +256,109 @@ def test_markdown_table_by_hand():
     last = metrics_to_markdown(metrics).splitlines()[-1]
     assert last == ("n = 12 (2 of 14 images failed to score); logistic: 4pl fit, f(x) = F; "
                     "CIs: paired percentile bootstrap, 100 resamples, seed 3")
+
+
+# --------------------------------------------------------------------------- edge cases
+
+
+def test_object_columns_are_read_as_numbers():
+    # A pandas column read with mixed types arrives as an object array.
+    pred = np.array([0.1, 0.5, 0.9, 0.3], dtype=object)
+    mos = np.array(["0.2", "0.4", "0.95", "0.1"], dtype=object)
+    result = evaluate_predictions(pred, mos, n_boot=0)
+    # Ranks of pred 1, 3, 4, 2 and of MOS 2, 3, 4, 1: sum d^2 = 2, 1 - 6 * 2 / (4 * 15).
+    assert result["srcc"]["value"] == pytest.approx(0.8)
+
+
+def test_a_two_dimensional_side_is_named_even_when_the_other_is_flat():
+    with pytest.raises(ValueError, match="must be 1-D"):
+        evaluate_predictions([[0.1, 0.2], [0.3, 0.4]], [0.1, 0.2, 0.3, 0.4])
+
+
+def test_documented_defaults():
+    from iqa.training.metrics import logistic_4pl
+
+    x = np.linspace(0.1, 0.95, 20)
+    y = logistic_4pl(x, 0.95, 0.05, 0.55, 0.08)
+    assert fit_logistic(x, y).kind == "4pl"
+    result = evaluate_predictions(x, y)
+    assert (result["bootstrap"]["n_boot"], result["bootstrap"]["seed"]) == (1000, 0)
+    assert result["bootstrap"]["confidence"] == 0.95
+    bare = evaluate_predictions(x, y, n_boot=0)
+    assert bare["bootstrap"]["degenerate_resamples"] == 0
+    for name in METRIC_NAMES:
+        assert bare[name] == {"value": result[name]["value"], "ci_low": None, "ci_high": None}
+
+
+def test_all_resamples_degenerate_gives_no_interval():
+    # Seed 62 draws rows (1, 1, 1) and (2, 2, 2): two constant resamples, nothing to
+    # take a percentile of. The correlations have no interval; RMSE still has one.
+    result = evaluate_predictions([0.1, 0.5, 0.9], [0.2, 0.3, 0.8], n_boot=2, seed=62)
+    assert result["bootstrap"]["degenerate_resamples"] == 2
+    for name in ("srcc", "krcc", "plcc", "plcc_logistic"):
+        assert result[name]["ci_low"] is None and result[name]["ci_high"] is None, name
+    assert result["rmse"]["ci_low"] is not None
+
+
+@pytest.fixture
+def curve_fit_spy(monkeypatch):
+    """Record each curve_fit call's starting point; optionally replace its answer."""
+    from scipy import optimize
+
+    calls, answer = [], {}
+    real = optimize.curve_fit
+
+    def spy(f, x, y, p0=None, **kwargs):
+        calls.append(None if p0 is None else list(p0))
+        if "params" in answer:
+            return np.asarray(answer["params"], dtype=float), None
+        return real(f, x, y, p0=p0, **kwargs)
+
+    monkeypatch.setattr(optimize, "curve_fit", spy)
+    return calls, answer
+
+
+def test_fits_start_from_the_documented_point(curve_fit_spy):
+    calls, _ = curve_fit_spy
+    x = np.array([0.0, 1.0, 2.0, 3.0])
+    y = np.array([1.0, 2.0, 4.0, 9.0])
+    std = math.sqrt(1.25)
+    fit_logistic(x, y, "4pl")
+    fit_logistic(x, -y, "4pl")  # decreasing: asymptotes swapped
+    fit_logistic(x, y, "5pl")
+    fit_logistic(x, -y, "5pl")  # decreasing: negative amplitude
+    assert calls[0] == pytest.approx([9.0, 1.0, 1.5, std])
+    assert calls[1] == pytest.approx([-9.0, -1.0, 1.5, std])
+    assert calls[2] == pytest.approx([8.0, 1 / std, 1.5, 0.0, 4.0])
+    assert calls[3] == pytest.approx([-8.0, 1 / std, 1.5, 0.0, -4.0])
+
+
+def test_non_finite_fits_fall_back_to_a_line(curve_fit_spy):
+    _, answer = curve_fit_spy
+    x = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
+    y = np.array([0.1, 0.3, 0.2, 0.8, 0.9])
+    line = np.polyfit(x, y, 1)
+    answer["params"] = [math.nan, 0.0, 1.0, 1.0]
+    fit = fit_logistic(x, y, "4pl")
+    assert (fit.kind, fit.converged) == ("linear", False)
+    assert fit.message == "4pl fit gave non-finite values; fell back to a linear fit"
+    np.testing.assert_allclose(fit.params, line)
+    # Finite parameters whose curve overflows: b4 * x = 1e308 * 4 is infinite.
+    answer["params"] = [1.0, 1.0, 0.0, 1e308, 0.0]
+    with np.errstate(over="ignore"):
+        fit = fit_logistic(x, y, "5pl")
+    assert (fit.kind, fit.converged) == ("linear", False)
+    assert fit.message.startswith("5pl fit gave non-finite values")
+
+
+def test_a_flat_logistic_gives_nan_without_a_warning(curve_fit_spy):
+    import warnings
+
+    _, answer = curve_fit_spy
+    answer["params"] = [0.5, 0.5, 0.0, 1.0]  # b1 == b2: the curve is the constant 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = evaluate_predictions([0.1, 0.4, 0.5, 0.9], [0.2, 0.3, 0.7, 0.8], n_boot=0)
+    assert math.isnan(result["plcc_logistic"]["value"])
+    assert result["rmse_logistic"]["value"] == pytest.approx(
+        math.sqrt(np.mean((0.5 - np.array([0.2, 0.3, 0.7, 0.8])) ** 2)))
