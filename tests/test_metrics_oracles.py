@@ -331,6 +331,23 @@ def test_fits_start_from_the_documented_point(curve_fit_spy):
     assert calls[1] == pytest.approx([-9.0, -1.0, 1.5, std])
     assert calls[2] == pytest.approx([8.0, 1 / std, 1.5, 0.0, 4.0])
     assert calls[3] == pytest.approx([-8.0, 1 / std, 1.5, 0.0, -4.0])
+    # No linear trend at all (PLCC exactly 0): the increasing start, as documented (>= 0).
+    fit_logistic([0.0, 1.0, 2.0, 3.0], [0.0, 1.0, 1.0, 0.0], "4pl")
+    assert calls[4][:2] == [1.0, 0.0]
+
+
+def test_curves_accept_object_arrays():
+    # Values read through pandas object columns (or JSON) must come out as floats.
+    from iqa.training.metrics import logistic_4pl, logistic_5pl
+
+    x = np.array([0.2, 0.5, 0.9], dtype=object)
+    ref = x.astype(float)
+    np.testing.assert_allclose(logistic_4pl(x, 0.9, 0.1, 0.5, 0.2),
+                               logistic_4pl(ref, 0.9, 0.1, 0.5, 0.2))
+    np.testing.assert_allclose(logistic_5pl(x, 2.0, 3.0, 0.4, 0.5, 0.1),
+                               logistic_5pl(ref, 2.0, 3.0, 0.4, 0.5, 0.1))
+    line = LogisticFit("linear", (2.0, -1.0), converged=False)(x)
+    assert line.dtype == np.float64 and line.tolist() == pytest.approx([-0.6, 0.0, 0.8])
 
 
 def test_non_finite_fits_fall_back_to_a_line(curve_fit_spy):
