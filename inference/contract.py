@@ -11,7 +11,12 @@ import json
 from dataclasses import asdict, dataclass, field
 
 INPUT_NAME = "image"
+# Model v2's second input: native-resolution patches of the photo (see DetailView).
+DETAIL_INPUT = "detail"
 SCORE_OUTPUT = "score"
+# Model v2's raw prediction on the training data's MOS scale (LIVE Challenge MOS/100),
+# before the calibration baked into the graph turns it into `score`.
+MOS_OUTPUT = "mos"
 FACTORS_OUTPUT = "factors"
 
 # Distortion families. The factor head predicts one severity in [0, 1] per family, the
@@ -49,6 +54,10 @@ META_TRAINING_DATA = "iqa.training_data"
 META_METRICS = "iqa.validation_metrics"
 META_LICENSE = "iqa.license"
 META_CREATED = "iqa.created"
+# JSON {input name: recipe}: how to build every input other than `image` (model v2+).
+META_INPUTS = "iqa.inputs"
+# JSON: the MOS -> score calibration baked into the graph (knots), for documentation.
+META_CALIBRATION = "iqa.calibration"
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,61 @@ class Preprocessing:
         new_w = max(m, int(round(width * scale / m)) * m)
         new_h = max(m, int(round(height * scale / m)) * m)
         return new_w, new_h
+
+
+@dataclass(frozen=True)
+class DetailView:
+    """Native-resolution detail: a ``grid`` x ``grid`` mosaic of ``patch``-px squares.
+
+    The photo is cut into a grid of equal cells and the centre ``patch`` x ``patch``
+    square of each cell is copied, unscaled, into a mosaic (the "fragments" of FAST-VQA,
+    Wu et al., ECCV 2022). The global view shows exposure, light and composition after
+    downscaling; this view keeps the pixel-level blur, noise and compression that the
+    downscale hides on a 12-megapixel photo. ``patch`` is a multiple of the backbone's
+    stride (32) so that every patch maps onto whole feature cells.
+    """
+
+    grid: int = 7
+    patch: int = 32
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    kind: str = "grid_fragments"
+
+    @property
+    def side(self) -> int:
+        return self.grid * self.patch
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | dict) -> DetailView:
+        raw = json.loads(text) if isinstance(text, str) else dict(text)
+        if raw.get("kind", "grid_fragments") != "grid_fragments":
+            raise ValueError(f"unknown detail view kind {raw.get('kind')!r}")
+        known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
+        for key in ("mean", "std"):
+            if key in known:
+                known[key] = tuple(float(v) for v in known[key])
+        return cls(**known)
+
+    def cell_origins(self, width: int, height: int) -> tuple[list[int], list[int]]:
+        """Left and top pixel of every patch, for a photo of ``width`` x ``height``.
+
+        Patch centres sit at the centres of the grid cells. Photos smaller than a patch
+        are padded by the caller (edge replication) before this is used.
+        """
+        if width < self.patch or height < self.patch:
+            raise ValueError(f"photo {width}x{height} is smaller than one {self.patch}px patch")
+
+        def origins(length: int) -> list[int]:
+            step = length / self.grid
+            return [
+                min(max(int(round((i + 0.5) * step - self.patch / 2)), 0), length - self.patch)
+                for i in range(self.grid)
+            ]
+
+        return origins(width), origins(height)
 
 
 # Score buckets, from the reference page (DESIGN.md "Score semantics"). Lower bound

@@ -18,25 +18,32 @@ from pathlib import Path
 import numpy as np
 
 from .contract import (
+    DETAIL_INPUT,
     FACTORS_OUTPUT,
     INPUT_NAME,
     META_BACKBONE,
     META_CREATED,
     META_FACTOR_NAMES,
+    META_INPUTS,
     META_LICENSE,
     META_METRICS,
     META_MODEL_VERSION,
     META_PREPROCESSING,
     META_TRAINING_DATA,
+    MOS_OUTPUT,
     SCORE_OUTPUT,
+    DetailView,
     Preprocessing,
     bucket_for,
 )
 from .decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageSource
 from .errors import IQAError, ModelLoadError
-from .preprocess import decode_for_model, to_model_input
+from .preprocess import decode_for_model, to_model_inputs
 
 DEFAULT_MODEL_NAME = "iqa-lite0.onnx"
+
+# One prepared image: every model input by ONNX input name (see ``QualityModel.prepare``).
+Prepared = dict[str, np.ndarray]
 
 
 def default_model_path() -> Path:
@@ -50,11 +57,16 @@ class QualityResult:
     bucket: str
     factors: dict[str, float] | None = None
     extra: dict = field(default_factory=dict)
+    # The raw prediction on the training data's MOS scale (model v2 and later), before the
+    # calibration onto the reference page's scale; None for models without a `mos` output.
+    mos: float | None = None
 
     def to_dict(self) -> dict:
         out = {"score": self.score, "bucket": self.bucket}
         if self.factors is not None:
             out["factors"] = self.factors
+        if self.mos is not None:
+            out["mos"] = self.mos
         return out
 
 
@@ -132,9 +144,25 @@ class QualityModel:
         if SCORE_OUTPUT not in outputs:
             raise ModelLoadError(f"{self.path} has no '{SCORE_OUTPUT}' output (has {outputs})")
         inputs = [i.name for i in self.session.get_inputs()]
-        if inputs != [INPUT_NAME]:
-            raise ModelLoadError(f"{self.path} must have one input '{INPUT_NAME}', has {inputs}")
+        # v1 models take `image` only; v2 adds `detail`, whose recipe is in the metadata.
+        self.detail_view: DetailView | None = None
+        if inputs == [INPUT_NAME, DETAIL_INPUT] or inputs == [DETAIL_INPUT, INPUT_NAME]:
+            try:
+                recipes = json.loads(self.metadata[META_INPUTS])
+                self.detail_view = DetailView.from_json(recipes[DETAIL_INPUT])
+            except (KeyError, ValueError, TypeError) as exc:
+                raise ModelLoadError(
+                    f"{self.path} has a '{DETAIL_INPUT}' input but no usable recipe for it in "
+                    f"the '{META_INPUTS}' metadata: {exc!r}"
+                ) from exc
+        elif inputs != [INPUT_NAME]:
+            raise ModelLoadError(
+                f"{self.path} must take '{INPUT_NAME}' (and optionally '{DETAIL_INPUT}'), "
+                f"has {inputs}"
+            )
+        self.input_names = inputs
         self.has_factors = FACTORS_OUTPUT in outputs
+        self.has_mos = MOS_OUTPUT in outputs
         self.factor_names: list[str] = (
             json.loads(self.metadata[META_FACTOR_NAMES])
             if self.has_factors and META_FACTOR_NAMES in self.metadata
@@ -147,7 +175,8 @@ class QualityModel:
                     f"{self.path}: output '{FACTORS_OUTPUT}' has {width} columns but the "
                     f"metadata names {len(self.factor_names)} factors"
                 )
-        self._outputs = [SCORE_OUTPUT] + ([FACTORS_OUTPUT] if self.has_factors else [])
+        self._outputs = ([SCORE_OUTPUT] + ([FACTORS_OUTPUT] if self.has_factors else [])
+                         + ([MOS_OUTPUT] if self.has_mos else []))
 
     @property
     def providers(self) -> list[str]:
@@ -166,14 +195,32 @@ class QualityModel:
             return self._run_batch_size
         return 1 if self.providers[0] == "CPUExecutionProvider" else None
 
-    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Run an Nx3xHxW float32 batch; return scores (N,) and factors (N, K) or None."""
-        result = self.session.run(self._outputs, {INPUT_NAME: batch.astype(np.float32, copy=False)})
-        scores = np.asarray(result[0], dtype=np.float32).reshape(-1)
-        factors = np.asarray(result[1], dtype=np.float32) if self.has_factors else None
-        return scores, factors
+    def run(self, batch: np.ndarray | Prepared) -> tuple[np.ndarray, np.ndarray | None]:
+        """Run a batch; return scores (N,) and factors (N, K) or None.
 
-    def result_from_outputs(self, score: float, factors: np.ndarray | None) -> QualityResult:
+        ``batch`` is an Nx3xHxW float32 array (the `image` input of a one-input model) or
+        a dict of batched inputs by name. :meth:`run_outputs` also returns `mos`.
+        """
+        outputs = self.run_outputs(batch)
+        return outputs[SCORE_OUTPUT], outputs.get(FACTORS_OUTPUT)
+
+    def run_outputs(self, batch: np.ndarray | Prepared) -> dict[str, np.ndarray]:
+        """Every output of the model on a batch, by output name."""
+        feed = batch if isinstance(batch, dict) else {INPUT_NAME: batch}
+        missing = [n for n in self.input_names if n not in feed]
+        if missing:
+            raise ValueError(f"missing model input(s) {missing}; prepare images with "
+                             "QualityModel.prepare")
+        feed = {n: np.asarray(feed[n], dtype=np.float32) for n in self.input_names}
+        result = dict(zip(self._outputs, self.session.run(self._outputs, feed), strict=True))
+        out = {SCORE_OUTPUT: np.asarray(result[SCORE_OUTPUT], dtype=np.float32).reshape(-1)}
+        for name in (FACTORS_OUTPUT, MOS_OUTPUT):
+            if name in result:
+                out[name] = np.asarray(result[name], dtype=np.float32)
+        return out
+
+    def result_from_outputs(self, score: float, factors: np.ndarray | None,
+                            mos: float | None = None) -> QualityResult:
         score = float(np.clip(score, 0.0, 1.0))
         named = None
         if factors is not None and self.factor_names:
@@ -181,41 +228,53 @@ class QualityModel:
                 n: float(np.clip(v, 0.0, 1.0))
                 for n, v in zip(self.factor_names, factors, strict=True)
             }
-        return QualityResult(score=score, bucket=bucket_for(score), factors=named)
+        return QualityResult(score=score, bucket=bucket_for(score), factors=named,
+                             mos=None if mos is None else float(mos))
 
-    def score_tensors(self, tensors: list[np.ndarray]) -> list[QualityResult]:
-        """Score preprocessed 3xHxW tensors; equal shapes run together, up to
-        :attr:`run_batch_size` at a time."""
-        results: list[QualityResult | None] = [None] * len(tensors)
+    def score_tensors(self, prepared: list[Prepared | np.ndarray]) -> list[QualityResult]:
+        """Score prepared images (:meth:`prepare`); equal shapes run together, up to
+        :attr:`run_batch_size` at a time. A bare 3xHxW array is a one-input model's `image`."""
+        items = [p if isinstance(p, dict) else {INPUT_NAME: p} for p in prepared]
+        results: list[QualityResult | None] = [None] * len(items)
         by_shape: dict[tuple, list[int]] = {}
-        for i, t in enumerate(tensors):
-            by_shape.setdefault(t.shape, []).append(i)
-        step = self.run_batch_size or len(tensors) or 1
+        for i, item in enumerate(items):
+            key = tuple((n, item[n].shape) for n in sorted(item))
+            by_shape.setdefault(key, []).append(i)
+        step = self.run_batch_size or len(items) or 1
         for same_shape in by_shape.values():
             for start in range(0, len(same_shape), step):
                 indices = same_shape[start : start + step]
-                scores, factors = self.run(np.stack([tensors[i] for i in indices]))
+                batch = {n: np.stack([items[i][n] for i in indices]) for n in items[indices[0]]}
+                out = self.run_outputs(batch)
                 for j, i in enumerate(indices):
                     results[i] = self.result_from_outputs(
-                        scores[j], None if factors is None else factors[j]
+                        out[SCORE_OUTPUT][j],
+                        out[FACTORS_OUTPUT][j] if FACTORS_OUTPUT in out else None,
+                        out[MOS_OUTPUT].reshape(-1)[j] if MOS_OUTPUT in out else None,
                     )
         return results  # type: ignore[return-value]
 
     # ----------------------------------------------------------------- images in, scores out
 
     def decode(self, source: ImageSource, name: str | None = None):
-        """Decode ``source`` to RGB, drafting JPEGs no smaller than preprocessing needs."""
+        """Decode ``source`` to RGB. One-input models let JPEGs decode at a reduced DCT
+        scale; a model with a detail view needs the photo's own pixels."""
         return decode_for_model(
             source,
             self.preprocessing,
             max_pixels=self.max_pixels,
             min_side=self.min_side,
             name=name,
+            native=self.detail_view is not None,
         )
 
-    def prepare(self, source: ImageSource, name: str | None = None) -> np.ndarray:
-        """Decode and preprocess one image into its 3xHxW float32 model input."""
-        return to_model_input(self.decode(source, name), self.preprocessing)
+    def prepare(self, source: ImageSource, name: str | None = None) -> Prepared:
+        """Decode and preprocess one image into its model inputs, by input name.
+
+        The result is a dict of float32 arrays (picklable, so it can cross processes);
+        :meth:`score_tensors` scores a list of them.
+        """
+        return to_model_inputs(self.decode(source, name), self.preprocessing, self.detail_view)
 
     def score(self, source: ImageSource, name: str | None = None) -> QualityResult:
         """Score one image; raises an IQAError subclass if it cannot be scored."""
@@ -242,7 +301,7 @@ class QualityModel:
         numbered = enumerate(sources)
         pool = ThreadPoolExecutor(workers, thread_name_prefix="iqa-decode") if workers > 0 else None
 
-        def submit_next_batch() -> list[tuple[int, Future | np.ndarray | IQAError]]:
+        def submit_next_batch() -> list[tuple[int, Future | Prepared | IQAError]]:
             batch = list(islice(numbered, batch_size))
             if pool is None:
                 return [(i, self._prepare_safely(src, loader)) for i, src in batch]
@@ -271,7 +330,7 @@ class QualityModel:
         """Score all ``sources``; failed items hold their IQAError, in input order."""
         return [r for _, r in self.iter_scores(sources, batch_size, workers, loader=loader)]
 
-    def _prepare_safely(self, source, loader) -> np.ndarray | IQAError:
+    def _prepare_safely(self, source, loader) -> Prepared | IQAError:
         name = str(source) if isinstance(source, (str, os.PathLike)) else None
         try:
             return self.prepare(loader(source) if loader else source, name)
@@ -282,8 +341,8 @@ class QualityModel:
             error.__cause__ = exc
             return error
 
-    def _score_prepared(self, prepared: list[tuple[int, np.ndarray | IQAError]]):
-        ok = [(i, t) for i, t in prepared if isinstance(t, np.ndarray)]
+    def _score_prepared(self, prepared: list[tuple[int, Prepared | IQAError]]):
+        ok = [(i, t) for i, t in prepared if not isinstance(t, IQAError)]
         try:
             scored = dict(
                 zip([i for i, _ in ok], self.score_tensors([t for _, t in ok]), strict=True)
@@ -292,7 +351,7 @@ class QualityModel:
             error = IQAError(f"the model failed on a batch: {exc}")
             scored = {i: error for i, _ in ok}
         for i, item in prepared:
-            yield i, scored[i] if isinstance(item, np.ndarray) else item
+            yield i, item if isinstance(item, IQAError) else scored[i]
 
     # ------------------------------------------------------------------------ description
 
@@ -318,6 +377,7 @@ class QualityModel:
             META_FACTOR_NAMES,
             META_LICENSE,
             META_CREATED,
+            META_INPUTS,
         }
         return {
             "path": str(self.path),
@@ -328,6 +388,7 @@ class QualityModel:
             "license": meta.get(META_LICENSE),
             "created": meta.get(META_CREATED),
             "preprocessing": asdict(self.preprocessing),
+            "detail_view": asdict(self.detail_view) if self.detail_view else None,
             "factor_names": list(self.factor_names),
             "inputs": [describe(n) for n in self.session.get_inputs()],
             "outputs": [describe(n) for n in self.session.get_outputs()],

@@ -156,18 +156,19 @@ def bench_api(model_path: Path, paths: list[Path], args) -> dict:
     sample = paths[: min(8, len(paths))]
     tensors = [model.prepare(p) for p in sample]
     prepare_ms = min(fastest(lambda p=p: model.prepare(p)) for p in sample) * 1e3
-    single = tensors[0][None]
+    single = {k: v[None] for k, v in tensors[0].items()}
     model_single_ms = fastest(lambda: model.run(single), repeats=8) * 1e3
-    batch = np.stack([t for t in tensors if t.shape == tensors[0].shape])
-    model_batched_ms = fastest(lambda: model.run(batch), repeats=3) / len(batch) * 1e3
+    same = [t for t in tensors if t["image"].shape == tensors[0]["image"].shape]
+    batch = {k: np.stack([t[k] for t in same]) for k in tensors[0]}
+    model_batched_ms = fastest(lambda: model.run(batch), repeats=3) / len(same) * 1e3
     return {
         "images_per_s": len(paths) / best,
         "ms_per_image": best / len(paths) * 1e3,
         "prepare_ms": prepare_ms,
         "model_ms_batched": model_batched_ms,
-        "batch_for_stage": len(batch),
+        "batch_for_stage": len(same),
         "model_ms_single": model_single_ms,
-        "input_shape": list(tensors[0].shape),
+        "input_shape": {k: list(v.shape) for k, v in tensors[0].items()},
         "providers": model.providers,
     }
 

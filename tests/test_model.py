@@ -195,5 +195,5 @@ def test_model_drafts_jpegs_to_no_less_than_its_input_size(model, photo):
     big.save(buffer, "JPEG", quality=90)
     decoded = model.decode(buffer.getvalue())
     assert model.preprocessing.shorter_side <= min(decoded.size) < 768
-    tensor = model.prepare(buffer.getvalue())
+    tensor = model.prepare(buffer.getvalue())["image"]
     assert tensor.shape[1:] == model.preprocessing.target_size(1024, 768)[::-1]

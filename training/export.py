@@ -366,15 +366,24 @@ def run(args: argparse.Namespace) -> int:
     except FileNotFoundError as exc:
         print(f"iqa export: {exc}", file=sys.stderr)
         return 2
+    from iqa.training import export_multiview as v2
+
     try:
-        model = model_from_checkpoint(checkpoint)
         metadata = checkpoint_metadata(checkpoint, args.checkpoint, args.model_version)
-        path = export_onnx(model, args.output, metadata=metadata, opset=args.opset,
-                           exporter=args.exporter)
+        if v2.is_multiview(checkpoint):
+            if args.quantize or args.exporter != "torchscript":
+                raise ExportError("--quantize and --exporter dynamo support v1 models only")
+            model = v2.model_from_checkpoint(checkpoint)
+            path = v2.export_multiview_onnx(model, args.output, metadata, opset=args.opset)
+        else:
+            model = model_from_checkpoint(checkpoint)
+            path = export_onnx(model, args.output, metadata=metadata, opset=args.opset,
+                               exporter=args.exporter)
         size_mb = path.stat().st_size / 1e6
         print(f"wrote {path} ({size_mb:.1f} MB, opset {args.opset})")
         if not args.no_parity_check:
-            print(f"parity: {check_parity(model, path)}")
+            check = v2.check_multiview_parity if v2.is_multiview(model) else check_parity
+            print(f"parity: {check(model, path)}")
         if args.quantize:
             from iqa.training.quantize import calibration_images_from, quantize_onnx
 

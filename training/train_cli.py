@@ -124,6 +124,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(int(args.threads))
+    if args.config and not args.resume:
+        from . import train_multiview
+
+        if train_multiview.is_multiview_config(train_multiview.load_config(args.config, [])):
+            # Model v2: frozen backbone, cached features, heads (training/train_multiview.py).
+            return train_multiview.run(args.config, args.overrides, args.output,
+                                       args.data_root, args.threads)
     info = init_distributed(None if args.device == "auto" else args.device)
     try:
         state = None

@@ -1,0 +1,117 @@
+"""Absolute quality levels for synthetic distortions, from the reference page's semantics.
+
+Ranking margins only say that a distortion costs *something*; v1 learnt that, and its
+exposure, JPEG and noise costs stayed small. Model v2 is taught levels instead: each
+distortion at a known strength gets a target on the page's scale (DESIGN.md "Score
+semantics"), interpolated between the anchors below.
+
+Strengths are in the photo's **own pixels** (blur sigma, motion length), in sRGB units
+(noise), in JPEG quality or in stops, never in the augmentation library's
+resolution-relative severities: a Gaussian blur of sigma 3 px is plainly soft at 100 %
+whether the photo is 500 or 5,000 px wide, which is what a photographer judging a photo
+at full size sees. The distortions themselves are the augmentation library's
+(:mod:`iqa.training.augment`); :func:`severity_for` converts a native strength into the
+library's severity for one photo.
+
+Anchors, from the page's table: very poor < 0.25 (heavy blur), poor to decent 0.25-0.45
+(strong light distortions, underexposure, strong blur), decent to good 0.45-0.6 (slight
+blur, overexposure, minor noise), good to very good 0.6-0.85 (minor defects), very good
+> 0.85 (clean). Its examples: blurry 0.14 and 0.25, overexposed 0.51, underexposed 0.39,
+night light distortions 0.44.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .augment import DISTORTIONS
+from .augment.base import pixel_scale
+from .augment.blur import DEFOCUS_RADIUS, GAUSSIAN_SIGMA
+from .augment.compression import JPEG_QUALITY
+from .augment.exposure import CONTRAST_LOSS, OVEREXPOSURE_EV, UNDEREXPOSURE_EV
+from .augment.light import FLARE_STRENGTH
+from .augment.motion import MOTION_LENGTH
+from .augment.noise import GAUSSIAN_NOISE_STD
+
+# A clean, well-exposed photo: "very good to perfect".
+CLEAN_TARGET = 0.92
+
+
+@dataclass(frozen=True)
+class Level:
+    """One distortion's strength -> target curve."""
+
+    distortion: str  # name in iqa.training.augment.DISTORTIONS
+    unit: str  # what `strengths` measure
+    strengths: tuple[float, ...]  # increasing
+    targets: tuple[float, ...]  # page-scale score at each strength, decreasing
+    # The library scales this parameter with the photo's size (pixel_scale): blur and
+    # motion lengths, and noise std too (the library keeps noise equally visible after a
+    # downscale). Native strengths are divided by that scale to find the severity.
+    scaled: bool
+    table: object  # the library's severity -> parameter table
+    # Strengths whose damage a 12-megapixel photo's downscaled global view hides: these
+    # are also trained with a clean global view and a distorted detail view.
+    hidden: tuple[float, ...] = ()
+
+    def target(self, strength: float) -> float:
+        return float(np.interp(strength, (0.0, *self.strengths), (CLEAN_TARGET, *self.targets)))
+
+
+LEVELS: dict[str, Level] = {
+    lv.distortion: lv
+    for lv in (
+        Level("gaussian_blur", "sigma, px", (0.8, 1.5, 2.2, 3.0, 4.4, 6.5, 10.0),
+              (0.84, 0.68, 0.54, 0.40, 0.22, 0.14, 0.08), True, GAUSSIAN_SIGMA,
+              hidden=(1.5, 3.0, 4.4)),
+        Level("defocus_blur", "disk radius, px", (1.5, 3.0, 5.0, 8.0, 12.0, 18.0),
+              (0.78, 0.58, 0.40, 0.22, 0.14, 0.08), True, DEFOCUS_RADIUS, hidden=(3.0, 5.0)),
+        Level("motion_blur", "path length, px", (3.0, 6.0, 10.0, 16.0, 25.0, 40.0),
+              (0.80, 0.62, 0.45, 0.30, 0.20, 0.12), True, MOTION_LENGTH, hidden=(6.0, 10.0)),
+        Level("gaussian_noise", "std, sRGB 0..1", (0.012, 0.024, 0.047, 0.08, 0.13, 0.2),
+              (0.86, 0.76, 0.58, 0.46, 0.34, 0.22), True, GAUSSIAN_NOISE_STD,
+              hidden=(0.047, 0.08)),
+        # JPEG quality falls as damage rises: strengths are 100 - quality.
+        Level("jpeg", "100 - quality", (25.0, 50.0, 70.0, 80.0, 88.0, 92.0, 95.0, 97.0),
+              (0.88, 0.80, 0.70, 0.58, 0.45, 0.36, 0.26, 0.18), False, JPEG_QUALITY,
+              hidden=(80.0, 88.0, 92.0)),
+        Level("underexposure", "stops", (0.5, 1.0, 1.5, 2.0, 3.0, 4.4),
+              (0.80, 0.65, 0.52, 0.44, 0.33, 0.20), False, UNDEREXPOSURE_EV),
+        Level("overexposure", "stops", (0.5, 1.0, 1.5, 2.2, 3.2),
+              (0.76, 0.60, 0.50, 0.40, 0.28), False, OVEREXPOSURE_EV),
+        Level("flare", "strength", (0.05, 0.15, 0.3, 0.6, 1.0),
+              (0.80, 0.68, 0.56, 0.46, 0.38), False, FLARE_STRENGTH),
+        Level("low_contrast", "share lost", (0.35, 0.6, 0.8, 0.93),
+              (0.74, 0.58, 0.46, 0.36), False, CONTRAST_LOSS),
+    )
+}
+
+# Shallow depth of field is a style, not a defect: whole-frame blur must cost more.
+BACKGROUND_BLUR_TARGETS = {0.5: 0.86, 1.0: 0.80}
+# Night scenes: 1.3 stops down, then flare around the lights (the page's example: 0.44).
+NIGHT_UNDEREXPOSURE_SEVERITY = 0.3
+NIGHT_FLARE_TARGETS = {0.5: 0.46, 0.7: 0.42, 0.9: 0.38}
+
+
+def severity_for(level: Level, strength: float, image: np.ndarray) -> float:
+    """The library severity that applies ``strength`` (in ``level.unit``) to ``image``."""
+    if level.distortion == "jpeg":
+        parameter = 100.0 - strength
+    else:
+        parameter = strength / pixel_scale(image) if level.scaled else strength
+    values = np.asarray(level.table.values, dtype=np.float64)
+    knots = np.asarray(level.table.knots, dtype=np.float64)
+    if values[-1] < values[0]:  # decreasing table (JPEG quality)
+        values, knots = values[::-1], knots[::-1]
+    if parameter > values[-1]:
+        raise ValueError(
+            f"{level.distortion} strength {strength} {level.unit} is beyond the library's "
+            f"severity-1 end point for a {image.shape[1]}x{image.shape[0]} photo"
+        )
+    return float(np.interp(parameter, values, knots))
+
+
+def family_of(distortion: str) -> str:
+    return DISTORTIONS[distortion].family
