@@ -275,3 +275,40 @@ def test_parity_inputs_are_centre_crops_resized_by_the_policy(model):
     # crop centred horizontally: columns 175-275.
     np.testing.assert_allclose(batches[2][0], expected(data.chelsea(), (175, 0, 275, 300),
                                                        (64, 192)), atol=1e-6)
+
+
+def test_parity_inputs_edge_cases(model):
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    from iqa.training.export import parity_sizes
+
+    # 100 px is not a multiple of 32: the side rounds down to 96, and sizes stay ints.
+    sizes = parity_sizes(Preprocessing(shorter_side=100))
+    assert sizes == [(96, 96), (96, 224), (224, 96), (160, 288)]
+    assert all(isinstance(v, int) for size in sizes for v in size)
+
+    # A grey photo 64 wide, 103 high: 39 spare rows, the crop starts at row 19 (not 19.5,
+    # which Pillow would round to 20), and it comes out as RGB.
+    grey = (np.arange(103 * 64).reshape(103, 64) % 251).astype(np.uint8)
+    first = parity_inputs(model.preprocessing, images=[grey])[0][0]
+    assert first.shape == (3, 64, 64)
+    expected = (grey[19:83].astype(np.float32) / 255 - 0.5) / 0.5
+    for channel in first:
+        np.testing.assert_allclose(channel, expected, atol=1e-6)
+
+    # The batch of two holds photos 1 and 2 (coffee, chelsea) at 128 x 256. chelsea
+    # (451 x 300): scale min(451/256, 300/128) = 1.7617, a 451 x 225 crop from row 37,
+    # resized to 256 x 128.
+    pair = parity_inputs(model.preprocessing)[4]
+    chelsea = Image.fromarray(data.chelsea()).crop((0, 37, 451, 262))
+    chelsea = chelsea.resize((256, 128), Image.Resampling.BICUBIC)
+    want = (np.asarray(chelsea, np.float32).transpose(2, 0, 1) / 255 - 0.5) / 0.5
+    np.testing.assert_allclose(pair[1], want, atol=1e-6)
+
+
+def test_default_metadata_of_a_model_without_kwargs():
+    net = create_model(pretrained=False, num_factors=0, head_hidden=8)
+    del net.model_kwargs
+    assert default_metadata(net, Preprocessing())[META_BACKBONE] == "QualityNet"
