@@ -75,6 +75,12 @@ def _check_best(run_dir, seen):
     assert _same_weights(best["model"], seen[BEST_EPOCH])
     assert not _same_weights(best["model"], seen[BEST_EPOCH + 1])  # the tie is not the best
     assert _same_weights(last["model"], seen[len(SCRIPTED_SRCC)])
+    # What export and `iqa train --resume` read back from a checkpoint.
+    assert best["model_kwargs"]["backbone"] == "tf_efficientnet_lite0"
+    assert best["config"]["optim"]["epochs"] == len(SCRIPTED_SRCC)
+    assert best["preprocessing"]["shorter_side"] == 64
+    assert best["metadata"]["training_data"].startswith("livec: 12 train / 3 val images")
+    assert (last["steps_per_epoch"], last["world_size"], len(last["replica_digests"])) == (3, 1, 1)
     history = [h["srcc"] for h in last["history"]]
     assert [h["epoch"] + 1 for h in last["history"]] == [1, 2, 3, 4, 5]
     assert math.isnan(history[0]) and history[1:] == SCRIPTED_SRCC[1:]
@@ -160,3 +166,26 @@ def test_a_few_steps_on_a_learnable_problem_raise_srcc(tmp_path, one_thread):  #
             Image.open(r.path).convert("RGB"), best.preprocessing))[None])[0][0]) for r in val]
     srcc = stats.spearmanr(pred, [r.mos for r in val]).statistic
     assert srcc > 0.8, srcc
+
+
+def test_resume_checks_the_data_and_reseeds_another_world_size(
+        fake_root, feature_cache_dir, one_thread, scripted_validation, tmp_path,  # noqa: F811
+        monkeypatch, capsys):
+    run_dir = tmp_path / "run"
+    monkeypatch.setenv(STOP_AFTER_ENV, "4")  # last.pt holds the end of epoch 1
+    args = _base_args(fake_root, feature_cache_dir, one_thread, "optim.max_steps=5")
+    assert main(["train", *args, "--output", str(run_dir)]) == 3
+    monkeypatch.delenv(STOP_AFTER_ENV)
+    state = torch.load(run_dir / "last.pt", weights_only=False)
+    resume = ["train", "--resume", str(run_dir), "--no-progress", "--threads", one_thread]
+
+    torch.save({**state, "steps_per_epoch": 99}, run_dir / "last.pt")
+    capsys.readouterr()
+    assert main(resume) == 2
+    assert ("the data changed since the checkpoint was written: 99 steps per epoch then, "
+            "3 now") in capsys.readouterr().err
+
+    # A checkpoint of a 2-process run resumed by one process: warned, reseeded, finished.
+    torch.save({**state, "rng": state["rng"] * 2}, run_dir / "last.pt")
+    with pytest.warns(UserWarning, match="written by 2 process"):
+        assert main(resume) == 0
