@@ -183,12 +183,14 @@ def restage_tests(folder: Path) -> dict:
 
 
 def run_module(module: str, workdir: Path, max_children: int, list_only: bool,
-               rerun: bool = False) -> dict:
+               rerun: bool = False, report_only: bool = False) -> dict:
     target = TARGETS[module]
     folder = workdir / module
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     previous = None
-    if rerun and (folder / "report.json").is_file():
+    if report_only:  # the state of an earlier (or still running) run, nothing started
+        names = select(target, list_mutants(folder, env))
+    elif rerun and (folder / "report.json").is_file():
         previous = restage_tests(folder)
         names = [n for n, info in previous["mutants"].items() if not killed(info["status"])]
         print(f"{module}: rerunning the {len(names)} mutants that were not killed", flush=True)
@@ -205,7 +207,8 @@ def run_module(module: str, workdir: Path, max_children: int, list_only: bool,
     nice = ["nice", "-n", "19"] if shutil.which("nice") else []
     command = [*nice, sys.executable, "-m", "mutmut", "run", "--max-children",
                str(max_children), *names]
-    subprocess.run(command, cwd=folder, env=env, check=False)
+    if not report_only:
+        subprocess.run(command, cwd=folder, env=env, check=False)
     results = list_mutants(folder, env)
     report = previous or {"module": target.source, "tests": list(target.tests), "mutants": {}}
     for name in names:
@@ -237,6 +240,9 @@ def main() -> int:
     parser.add_argument("--rerun", action="store_true",
                         help="reuse each module's earlier stage: copy today's tests in and run "
                         "only the mutants that were not killed")
+    parser.add_argument("--report-only", action="store_true",
+                        help="summarise an earlier or running stage; unchecked mutants show "
+                        "as 'not checked'")
     parser.add_argument("--list", action="store_true",
                         help="list the selected mutants and their diffs, run nothing")
     args = parser.parse_args()
@@ -246,7 +252,8 @@ def main() -> int:
     if shutil.which("mutmut") is None and not _has_mutmut():
         print("mutmut is missing: pip install -e '.[dev]'", file=sys.stderr)
         return 2
-    reports = [run_module(m, args.workdir, args.max_children, args.list, args.rerun)
+    reports = [run_module(m, args.workdir, args.max_children, args.list, args.rerun,
+                          args.report_only)
                for m in (args.modules or TARGETS)]
     for report in reports:
         if report:
