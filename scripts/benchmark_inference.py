@@ -344,6 +344,11 @@ def load_average() -> str:
         return "n/a"
 
 
+def input_shapes(shapes: dict) -> str:
+    """'image 3x320x416, detail 3x224x224' from {name: [C, H, W]}."""
+    return ", ".join(f"{name} {'x'.join(map(str, shape))}" for name, shape in shapes.items())
+
+
 def render(results: dict, args, model_label: str) -> str:
     api, cli, server = results["api"], results.get("cli"), results.get("server")
     lines = [
@@ -353,7 +358,7 @@ def render(results: dict, args, model_label: str) -> str:
         f"{results['load_before']} before, {results['load_after']} after (other jobs running "
         "on the same cores slow every figure down).",
         f"Model: {model_label}. Input: {args.images} JPEGs of {args.size} "
-        f"(model input {'x'.join(map(str, api['input_shape'][1:]))} CxHxW), "
+        f"(model inputs {input_shapes(api['input_shape'])}), "
         f"batch size {args.batch_size}, {args.workers} decode workers, "
         f"onnxruntime threads: {args.threads or 'default'}; "
         f"providers {', '.join(api['providers'])}.",
