@@ -312,3 +312,11 @@ def test_default_metadata_of_a_model_without_kwargs():
     net = create_model(pretrained=False, num_factors=0, head_hidden=8)
     del net.model_kwargs
     assert default_metadata(net, Preprocessing())[META_BACKBONE] == "QualityNet"
+
+
+def test_parity_report_text():
+    from iqa.training.export import ParityReport
+
+    report = ParityReport(1e-6, 2.5e-5, ((1, 3, 64, 64), (2, 3, 128, 256)))
+    assert str(report) == ("max |torch - onnxruntime|: score 1.00e-06, factors 2.50e-05 "
+                           "on 1x3x64x64, 2x3x128x256")
