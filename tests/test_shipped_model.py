@@ -25,7 +25,10 @@ PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left")
 
 
 def _known_gap(reason: str):
-    return pytest.mark.xfail(reason=f"known gap of the shipped model: {reason}", strict=True)
+    # raises=AssertionError: only a missed target counts as the known gap; a crash in the
+    # model or the test itself fails the suite instead of passing as "expected".
+    return pytest.mark.xfail(reason=f"known gap of the shipped model: {reason}", strict=True,
+                             raises=AssertionError)
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +86,9 @@ def test_bad_exposure_lands_in_the_poor_to_decent_band(model, photos, name):
     assert 0.3 <= np.median(scores) <= 0.55, scores.round(3)
 
 
+# No margin on purpose: this records a target (DESIGN.md's band) that the shipped model
+# misses by 0.002. Any model change that meets it must flip the strict xfail, so that the
+# marker is removed; a margin would hide exactly that.
 @_known_gap("night flare median 0.552, just above the band")
 def test_night_flare_lands_in_the_poor_to_decent_band(model, photos):
     from iqa.training.augment import distort
