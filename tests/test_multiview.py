@@ -300,3 +300,27 @@ def test_detail_input_without_recipe_is_a_load_error(exported, tmp_path):
     onnx.save(proto, str(broken))
     with pytest.raises(ModelLoadError, match=META_INPUTS):
         QualityModel(broken)
+
+
+def test_every_v2_recipe_runs_on_fake_releases(tmp_path):
+    """configs/*.yaml with model.architecture multiview, through `iqa train`, made tiny."""
+    import yaml
+    from test_train_fakes import CONFIGS, fake_data_root
+
+    from iqa.inference.cli import main
+
+    recipes = [p for p in sorted(CONFIGS.glob("*.yaml"))
+               if (yaml.safe_load(p.read_text()).get("model") or {}).get("architecture")
+               == "multiview"]
+    assert recipes, "configs/livec_v2.yaml should be found"
+    root = fake_data_root(tmp_path / "fake")
+    for recipe in recipes:
+        out = tmp_path / recipe.stem
+        argv = ["train", str(recipe), "--output", str(out), "--data-root", str(root),
+                "--threads", "1",
+                "--set", f"cache_dir={tmp_path / 'cache'}", "--set", "model.shorter_side=64",
+                "--set", "model.detail_grid=2", "--set", "levels.per_distortion=1",
+                "--set", "cv.folds=2", "--set", f"cv.fold_file={tmp_path / 'folds.csv'}"]
+        assert main(argv) == 0, recipe
+        assert len(json.loads((out / "cv.json").read_text())["folds"]) == 2
+        assert (out / "model.pt").is_file()

@@ -124,10 +124,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(int(args.threads))
-    if args.config and not args.resume:
+    if args.config and not args.resume and Path(args.config).is_file():
         from . import train_multiview
 
-        if train_multiview.is_multiview_config(train_multiview.load_config(args.config, [])):
+        # A config that does not parse falls through to build_config's clear errors.
+        if train_multiview.is_multiview_config(train_multiview.peek_config(args.config)):
             # Model v2: frozen backbone, cached features, heads (training/train_multiview.py).
             return train_multiview.run(args.config, args.overrides, args.output,
                                        args.data_root, args.threads)

@@ -32,6 +32,17 @@ def is_multiview_config(raw: dict) -> bool:
     return (raw.get("model") or {}).get("architecture") == RECIPE_KEY
 
 
+def peek_config(path: str | Path) -> dict:
+    """The YAML at ``path`` as a dict, or {} if it is not a YAML mapping."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return raw if isinstance(raw, dict) else {}
+
+
 def _set(config: dict, dotted: str, value) -> None:
     node = config
     *parents, last = dotted.split(".")
