@@ -149,7 +149,11 @@ def test_iqa_export_runs_the_parity_check(model, tmp_path, monkeypatch, capsys, 
     monkeypatch.setattr(export_module, "export_onnx", export_then_perturb)
     # One small batch instead of six keeps this fast; tests/test_export.py runs the
     # command with the full set of parity inputs.
-    monkeypatch.setattr(export_module, "parity_inputs", lambda _prep: small_inputs)
+    def few_inputs(prep):
+        assert prep == model.preprocessing  # the model's own policy, as the real call gets
+        return small_inputs
+
+    monkeypatch.setattr(export_module, "parity_inputs", few_inputs)
     out = tmp_path / "m.onnx"
     assert main(["export", str(checkpoint), "-o", str(out), "--model-version", "v9"]) == 1
     captured = capsys.readouterr()
