@@ -29,6 +29,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zlib
@@ -48,6 +49,22 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return sock.getsockname()[1]
+
+
+def start_server(port: int, log, extra: tuple[str, ...] = ()) -> subprocess.Popen:
+    """`iqa serve` on 127.0.0.1:``port`` (default limits), its log written to ``log``.
+
+    ``log`` must be a file, never ``subprocess.PIPE``: nothing reads a pipe while the
+    benchmark runs, and the server logs a WARNING line for every 503 and every refused
+    fetch. Once those fill the pipe's 64 KiB (a few hundred lines, late in a full run),
+    the server's next log write blocks its event loop, and no request is answered again.
+    """
+    command = [sys.executable, "-m", "iqa.inference.cli", "serve", "--host", HOST, "--port",
+               str(port), "--log-level", "warning", "--allow-url-network", f"{HOST}/32",
+               *extra]
+    env = {k: v for k, v in os.environ.items() if k != "IQA_API_KEYS"}
+    return subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=log)
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
@@ -242,16 +259,13 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     port = free_port()
-    command = [sys.executable, "-m", "iqa.inference.cli", "serve", "--host", HOST, "--port",
-               str(port), "--log-level", "warning", "--allow-url-network", f"{HOST}/32"]
-    env = {k: v for k, v in os.environ.items() if k != "IQA_API_KEYS"}
-    server = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE)
+    server_log = tempfile.TemporaryFile()
+    server = start_server(port, server_log)
     base = f"http://{HOST}:{port}"
     report: dict = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, load average "
                    f"{os.getloadavg()[0]:.2f} at start",
-        "server": " ".join(command[2:]),
+        "server": " ".join(server.args[2:]),
     }
     try:
         deadline = time.monotonic() + 60
@@ -262,7 +276,8 @@ def main() -> int:
             except httpx.HTTPError:
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"iqa serve did not start: {server.stderr.read().decode()}")
+                server_log.seek(0)
+                raise SystemExit(f"iqa serve did not start: {server_log.read().decode()}")
             time.sleep(0.2)
         image = test_image()
         report["image"] = f"1024x768 JPEG, {len(image)} bytes"
@@ -288,6 +303,7 @@ def main() -> int:
             server.wait(10)
         except subprocess.TimeoutExpired:
             server.kill()
+        server_log.close()
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

@@ -8,11 +8,15 @@ are measured by scripts/benchmark_server.py.
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import logging
 import socket
+import sys
 import threading
+import time
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -34,6 +38,7 @@ from iqa.inference.server.protocol import uvicorn_options
 from iqa.inference.server.settings import ServerSettings
 
 CHECK = "/1.0/check.json"
+REPO = Path(__file__).resolve().parent.parent
 INFLATED = 64 * 1024 * 1024  # what the gzip bomb would inflate to
 LIMIT = 1024 * 1024
 
@@ -489,3 +494,51 @@ def test_docs_are_served_without_a_cdn(model):
         css = client.get("/docs-static/swagger-ui.css")
     assert script.status_code == 200 and len(script.content) > 100_000
     assert css.status_code == 200
+
+
+# -- scripts/benchmark_server.py: the server's log must not fill an unread pipe
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("benchmark_server",
+                                                  REPO / "scripts" / "benchmark_server.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_benchmark_server_keeps_answering_after_a_long_log(guard, tiny_model_path, tmp_path):
+    """The benchmark's lost answers: `iqa serve` logged into a pipe nobody read, and once
+    64 KiB of WARNING lines (one per 503 or refused fetch) filled it, the next log write
+    blocked the event loop for good. Here each refused fetch logs a ~4 KB line, so 64 of
+    them write four times what a pipe holds; every request must still be answered."""
+    bench = load_benchmark()
+    port = bench.free_port()
+    with socket.socket() as closed, open(tmp_path / "server.log", "w+b") as log:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}/{'a' * 3900}.jpg"
+        server = bench.start_server(port, log, ("--model", str(tiny_model_path)))
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 120
+            with httpx.Client(timeout=30, trust_env=False) as client:
+                while True:
+                    assert server.poll() is None, log.seek(0) or log.read().decode()
+                    assert time.monotonic() < deadline, "iqa serve did not start"
+                    try:
+                        if client.get(f"{base}/health").status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        time.sleep(0.2)
+                for _ in range(64):
+                    response = client.get(f"{base}{CHECK}",
+                                          params={"models": "quality", "url": url})
+                    assert error_of(response) == ("media_error", 31)
+        finally:
+            server.terminate()
+            try:
+                server.wait(10)
+            except Exception:  # noqa: BLE001 - TimeoutExpired: make sure it goes
+                server.kill()
+                server.wait(10)
+        assert (tmp_path / "server.log").stat().st_size > 3 * 64 * 1024
