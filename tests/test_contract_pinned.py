@@ -238,6 +238,8 @@ def test_jpegs_decode_at_a_reduced_scale_never_below_the_shorter_side():
     assert decoded.size == (512, 384)
     small = decode_for_model(buffer.getvalue(), Preprocessing(shorter_side=100))
     assert small.size == (256, 192)  # 1/8 scale: 192 >= 100
+    # A model with a detail view needs every pixel: no reduced decode.
+    assert decode_for_model(buffer.getvalue(), Preprocessing(), native=True).size == (2048, 1536)
     # The caller's decode limits reach the decoder.
     from iqa.inference.errors import ImageTooLargeError
 
