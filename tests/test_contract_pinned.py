@@ -198,6 +198,17 @@ def test_resize_uses_the_policy_filter_and_skips_no_op_resizes():
     assert resize_for_model(exact, Preprocessing(shorter_side=64)) is exact
 
 
+def test_big_photos_are_box_reduced_first_with_a_gap_of_3():
+    # 2400 x 1920 to 384 x 320 is a 6.25x reduction: with reducing_gap 3 Pillow first
+    # box-reduces by 2, which a plain bicubic resize (or a gap of 4) would not do.
+    rng = np.random.default_rng(1)
+    photo = Image.fromarray(rng.integers(0, 256, (1920, 2400, 3), dtype=np.uint8))
+    out = np.asarray(resize_for_model(photo, Preprocessing()))
+    gap3 = np.asarray(photo.resize((384, 320), Image.Resampling.BICUBIC, reducing_gap=3.0))
+    plain = np.asarray(photo.resize((384, 320), Image.Resampling.BICUBIC))
+    assert np.array_equal(out, gap3) and not np.array_equal(out, plain)
+
+
 def test_normalise_by_hand():
     rgb = np.array([[[0, 128, 255], [255, 0, 51]]], dtype=np.uint8)  # 1 x 2 pixels
     prep = Preprocessing(mean=(0.5, 0.25, 0.0), std=(0.5, 0.25, 0.2))
