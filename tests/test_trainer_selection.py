@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,6 +190,21 @@ def test_resume_checks_the_data_and_reseeds_another_world_size(
     # A checkpoint of a 2-process run resumed by one process: warned, reseeded, finished.
     # It also predates the history and best_validation keys, as early checkpoints do.
     older = {k: v for k, v in state.items() if k not in ("history", "best_validation")}
+    twin = tmp_path / "twin"
+    shutil.copytree(run_dir, twin)
     torch.save({**older, "rng": state["rng"] * 2}, run_dir / "last.pt")
-    with pytest.warns(UserWarning, match="written by 2 process"):
+    with pytest.warns(UserWarning, match="written by 2 process.*: random state is reseeded, "
+                      "so the continuation is not bit-identical") as caught:
         assert main(resume) == 0
+    assert Path(caught[0].filename).name == "trainer.py"
+
+    # The documented reseed, seed + 7919 * step + rank, applied by hand through the
+    # ordinary restore path, must give the same weights (dropout makes them depend on it).
+    from iqa.training import checkpoint as ckpt
+
+    ckpt.seed_everything(0 + 7919 * state["step"] + 0)
+    torch.save({**older, "rng": [ckpt.capture_rng_state()]}, twin / "last.pt")
+    assert main(["train", "--resume", str(twin), "--no-progress", "--threads", one_thread]) == 0
+    reseeded = torch.load(run_dir / "last.pt", weights_only=False)["model"]
+    by_hand = torch.load(twin / "last.pt", weights_only=False)["model"]
+    assert _same_weights(reseeded, by_hand)
