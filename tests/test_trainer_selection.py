@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -83,6 +84,7 @@ def _check_best(run_dir, seen):
     assert best["preprocessing"]["shorter_side"] == 64
     assert best["metadata"]["training_data"].startswith("livec: 12 train / 3 val images")
     assert (last["steps_per_epoch"], last["world_size"], len(last["replica_digests"])) == (3, 1, 1)
+    assert re.fullmatch(r"[0-9a-f]{64}", last["replica_digests"][0])  # sha256 of the weights
     history = [h["srcc"] for h in last["history"]]
     assert [h["epoch"] + 1 for h in last["history"]] == [1, 2, 3, 4, 5]
     assert math.isnan(history[0]) and history[1:] == SCRIPTED_SRCC[1:]
@@ -208,3 +210,24 @@ def test_resume_checks_the_data_and_reseeds_another_world_size(
     reseeded = torch.load(run_dir / "last.pt", weights_only=False)["model"]
     by_hand = torch.load(twin / "last.pt", weights_only=False)["model"]
     assert _same_weights(reseeded, by_hand)
+
+
+def test_metrics_log_resume_drops_a_validation_the_checkpoint_never_saw(tmp_path):
+    # Killed after epoch 1's validation row was written but before last.pt was: the
+    # resume starts inside epoch 1 again, so that row goes, and epoch 0's stays.
+    from iqa.training.trainer import MetricsLog
+
+    log = MetricsLog(tmp_path, resume_step=None, resume_epoch=None, tensorboard=False)
+    for step in range(1, 9):
+        log.train(step // 4, step, 1e-3, 1.0 / step, {"mos": 0.1}, 8, 0.5)
+        if step in (4, 8):
+            log.val(step // 4 - 1, step, {"n": 5, "srcc": 0.5, "plcc": 0.4, "krcc": 0.3,
+                                          "rmse": 0.2})
+    log.close()
+    MetricsLog(tmp_path, resume_step=6, resume_epoch=1, tensorboard=False).close()
+    data = (tmp_path / "metrics.csv").read_bytes()
+    assert b"\r" not in data  # one line ending, as the rows appended after the resume use
+    rows = [line.split(",")[:3] for line in data.decode().splitlines()[1:]]
+    assert rows == [["train", "0", "1"], ["train", "0", "2"], ["train", "0", "3"],
+                    ["train", "1", "4"], ["val", "0", "4"], ["train", "1", "5"],
+                    ["train", "1", "6"]]
