@@ -11,7 +11,7 @@ regression of level on out-of-fold predicted MOS, smoothed to a few knots
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,7 +33,6 @@ class HeadRecipe:
     prior_low_quantile: float = 0.02
     calibration_knots: int = 10
     feature_slice: tuple[int, int] | None = None  # ablations: use only these columns
-    extra: dict = field(default_factory=dict)
 
 
 def level_to_mos_prior(train_mos: np.ndarray, recipe: HeadRecipe) -> tuple[float, float]:
