@@ -1,0 +1,108 @@
+"""The shipped model on camera-resolution photos: does it see what 100 % shows?
+
+Issue 12's full-resolution checks, on five textured 2560x1600 photos from Debian's
+plasma-workspace-wallpapers (LGPL-3.0; `python scripts/fetch_eval_photos.py` puts them in
+.cache/eval-photos/plasma/, with a SOURCES.csv naming each author). They are evaluation
+photos: nothing trains, calibrates or selects a model on them. Distortions are applied at
+the photo's own resolution with OpenCV and numpy, independently of the training library:
+
+- a Gaussian blur of sigma 3 px (plainly soft at 100 %) must land below 0.5;
+- sigma 1.5 px must cost at least 0.08;
+- Gaussian noise of sigma 12 (0-255 scale) must cost at least 0.08.
+
+Gaps of the shipped model are strict xfails that state the measured values (see
+tests/test_shipped_model.py for the convention).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from iqa.inference import QualityModel, default_model_path
+
+PHOTO_DIR = Path(os.environ.get("IQA_EVAL_PHOTOS",
+                                Path(__file__).resolve().parents[1] / ".cache/eval-photos/plasma"))
+PHOTOS = ("EveningGlow", "ColorfulCups", "Grey", "OneStandsOut", "Path")
+
+pytestmark = [
+    pytest.mark.skipif(not default_model_path().is_file(), reason="no shipped model"),
+    pytest.mark.skipif(not all((PHOTO_DIR / f"{n}.jpg").is_file() for n in PHOTOS),
+                       reason=f"no evaluation photos in {PHOTO_DIR}: run "
+                              "python scripts/fetch_eval_photos.py"),
+]
+
+
+def _known_gap(reason: str):
+    return pytest.mark.xfail(reason=f"known gap of the shipped model: {reason}", strict=True,
+                             raises=AssertionError)
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[np.ndarray]:
+    from iqa.inference.decode import decode_image
+
+    out = [np.asarray(decode_image(PHOTO_DIR / f"{n}.jpg")) for n in PHOTOS]
+    assert all(max(p.shape[:2]) >= 2000 for p in out), [p.shape for p in out]
+    return out
+
+
+@pytest.fixture(scope="module")
+def scores(photos) -> dict[str, np.ndarray]:
+    import cv2
+
+    model = QualityModel()
+
+    def score(images):
+        return np.array([r.score for r in model.score_many(images)])
+
+    def blur(image, sigma):
+        return cv2.GaussianBlur(image, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REFLECT)
+
+    def noise(image, sigma, seed):
+        rng = np.random.default_rng(seed)
+        noisy = image.astype(np.float32) + rng.normal(0.0, sigma, image.shape)
+        return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+
+    return {
+        "clean": score(photos),
+        "blur 1.5": score([blur(p, 1.5) for p in photos]),
+        "blur 3": score([blur(p, 3.0) for p in photos]),
+        "noise 12": score([noise(p, 12.0, i) for i, p in enumerate(photos)]),
+    }
+
+
+def _table(scores) -> dict:
+    return {k: dict(zip(PHOTOS, v.round(3), strict=True)) for k, v in scores.items()}
+
+
+def test_the_distortions_are_real(photos):
+    """The fixtures do what the checks claim: sigma 3 removes fine detail, noise adds it."""
+    import cv2
+
+    def detail(image):  # variance of the Laplacian, a standard sharpness measure
+        return cv2.Laplacian(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var()
+
+    image = photos[PHOTOS.index("OneStandsOut")]
+    blurred = cv2.GaussianBlur(image, (0, 0), sigmaX=3.0)
+    assert detail(blurred) < 0.1 * detail(image)
+
+
+@_known_gap("sigma 3 px blur: median 0.69 (0.37-0.71); the 320 px view hides it")
+def test_sigma_3_blur_at_full_resolution_is_below_half(scores):
+    assert np.median(scores["blur 3"]) < 0.5, _table(scores)
+
+
+@_known_gap("sigma 1.5 px blur costs a median 0.028")
+def test_sigma_1_5_blur_costs_at_least_0_08(scores):
+    drop = scores["clean"] - scores["blur 1.5"]
+    assert np.median(drop) >= 0.08, _table(scores)
+
+
+@_known_gap("sigma 12 noise costs a median 0.020")
+def test_sigma_12_noise_costs_at_least_0_08(scores):
+    drop = scores["clean"] - scores["noise 12"]
+    assert np.median(drop) >= 0.08, _table(scores)
