@@ -4,7 +4,13 @@ Starts `iqa serve` (the shipped model, default limits) as a subprocess on 127.0.
 drives it from this process:
 
 1. load: 1024x768 JPEG uploads at concurrency 1, 8 and 64 (throughput, p50/p99 of the
-   200s; at 64 the queue overflows, so the 503s and their latency are counted too);
+   200s; at 64 the queue overflows, so the 503s and their latency are counted too).
+   Those 64 client threads retry at once after each 503 and share one interpreter, so
+   their round trips include their own wait for the GIL and the cores. A separate probe
+   process therefore also sends the same upload every 20 ms during the concurrency-64
+   phase, on a fresh connection each, reading while it sends (as curl does): the time
+   from connect to the answer's status line and headers is the server's 503 latency as
+   a newly arriving client sees it;
 2. resident memory (RSS, from /proc) before and after those requests (2,000 by default);
 3. the gzip attack: 64 concurrent URL requests to a loopback upstream that answers
    0.5 MB of gzip inflating to 500 MB with `Content-Encoding: gzip`; RSS after;
@@ -15,6 +21,7 @@ Peak RSS over the whole run is the kernel's VmHWM. Every address is 127.0.0.1; e
 loop has a fixed count and a timeout. Results go to stdout as JSON (and --out).
 
     python scripts/benchmark_server.py --out bench-server.json
+    python scripts/benchmark_server.py --phases c64      # the overload phase alone
 """
 
 from __future__ import annotations
@@ -23,8 +30,10 @@ import argparse
 import contextlib
 import io
 import json
+import multiprocessing
 import os
 import platform
+import select
 import signal
 import socket
 import subprocess
@@ -43,6 +52,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 CHECK = "/1.0/check.json"
 HOST = "127.0.0.1"
+# Load at concurrency 1, 8 and 64, then the abuse phases; --phases picks some.
+PHASES = ("c1", "c8", "c64", "gzip", "slowloris", "methods")
 
 
 def free_port() -> int:
@@ -168,6 +179,103 @@ def load(base: str, image: bytes, concurrency: int, requests: int, deadline_s: f
     }
 
 
+# ------------------------------------------------------------------ 503 probe
+PROBE_BOUNDARY = "iqaprobe"
+
+
+def probe_request(port: int, image: bytes) -> bytes:
+    """The upload the load clients send, as raw HTTP/1.1 bytes."""
+    b = PROBE_BOUNDARY
+    body = (f'--{b}\r\nContent-Disposition: form-data; name="models"\r\n\r\nquality\r\n'
+            f'--{b}\r\nContent-Disposition: form-data; name="media"; filename="p.jpg"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + image + f"\r\n--{b}--\r\n".encode()
+    head = (f"POST {CHECK} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+            f"Content-Type: multipart/form-data; boundary={b}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    return head + body
+
+
+def probe_once(port: int, request: bytes, timeout: float = 60) -> tuple[int, float]:
+    """(status, seconds from connect to the end of the answer's headers); status 0 when
+    the connection failed. Sends while watching for an early answer, as curl does."""
+    start = time.perf_counter()
+    answer = b""
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout) as sock:
+            sock.setblocking(False)
+            sent = 0
+            while b"\r\n\r\n" not in answer:
+                if time.perf_counter() - start > timeout:
+                    return 0, time.perf_counter() - start
+                writers = [sock] if sent < len(request) else []
+                readable, writable, _ = select.select([sock], writers, [], 1)
+                if readable:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    answer += chunk
+                elif writable:
+                    try:
+                        sent += sock.send(request[sent:sent + 65536])
+                    except (BlockingIOError, InterruptedError):
+                        pass
+                    except OSError:
+                        sent = len(request)  # the server stopped reading: wait for the answer
+            elapsed = time.perf_counter() - start
+    except OSError:
+        return 0, time.perf_counter() - start
+    try:
+        return int(answer.split(b" ", 2)[1]), elapsed
+    except (IndexError, ValueError):
+        return 0, elapsed
+
+
+def probe_loop(port: int, image: bytes, interval: float, stop, results) -> None:
+    """In its own process: start a probe every ``interval`` seconds until ``stop`` is set,
+    each in its own thread (open loop: a probe the server admits, and answers only after
+    scoring, does not delay the next one)."""
+    request = probe_request(port, image)
+    out: list[tuple[int, float]] = []
+    threads = []
+    next_at = time.perf_counter()
+    while not stop.is_set() and len(threads) < 2000:
+        thread = threading.Thread(target=lambda: out.append(probe_once(port, request)),
+                                  daemon=True)
+        thread.start()
+        threads.append(thread)
+        next_at += interval
+        time.sleep(max(0.0, next_at - time.perf_counter()))
+    for thread in threads:
+        thread.join(90)
+    results.put(out)
+
+
+@contextlib.contextmanager
+def probe_503(port: int, image: bytes, interval: float = 0.02):
+    """Probe the server from a separate process while the block runs; fills the dict."""
+    ctx = multiprocessing.get_context("spawn")
+    stop, results = ctx.Event(), ctx.Queue()
+    process = ctx.Process(target=probe_loop, args=(port, image, interval, stop, results),
+                          daemon=True)
+    process.start()
+    report: dict = {}
+    try:
+        yield report
+    finally:
+        stop.set()
+        samples = results.get(timeout=120)
+        process.join(10)
+    busy = [t for status, t in samples if status == 503]
+    report.update({
+        "probes": len(samples),
+        "busy_503": len(busy),
+        "other": len(samples) - len(busy),  # admitted (200), or 0: no answer
+        "busy_p50_ms": _ms(percentile(busy, 50)),
+        "busy_p99_ms": _ms(percentile(busy, 99)),
+        "busy_max_ms": _ms(max(busy) if busy else None),
+    })
+
+
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
 
@@ -252,9 +360,17 @@ def main() -> int:
     parser.add_argument("--phase-timeout", type=float, default=60,
                         help="seconds at most per load phase (default 60)")
     parser.add_argument("--bomb-mb", type=int, default=500, help="inflated gzip size, MB")
+    parser.add_argument("--phases", default=",".join(PHASES),
+                        help="comma-separated phases to run, of " + ", ".join(PHASES) +
+                             " (default: all); e.g. --phases c64 for the overload phase only")
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args()
     counts = [int(n) for n in args.requests.split(",")]
+    phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    unknown = sorted(set(phases) - set(PHASES))
+    if unknown or not phases:
+        parser.error(f"--phases: unknown {', '.join(unknown) or '(none given)'}; "
+                     f"choose from {', '.join(PHASES)}")
     # `timeout` and Ctrl-C must still stop the server subprocess (the finally below).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
@@ -264,7 +380,7 @@ def main() -> int:
     base = f"http://{HOST}:{port}"
     report: dict = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, load average "
-                   f"{os.getloadavg()[0]:.2f} at start",
+                   f"{'/'.join(f'{x:.2f}' for x in os.getloadavg())} at start",
         "server": " ".join(server.args[2:]),
     }
     try:
@@ -283,20 +399,31 @@ def main() -> int:
         report["image"] = f"1024x768 JPEG, {len(image)} bytes"
         load(base, image, 2, 10, 60)  # warm-up
         report["rss_mb_before"] = round(rss_mb(server.pid), 1)
-        report["load"] = [load(base, image, c, n, args.phase_timeout)
-                          for c, n in zip((1, 8, 64), counts, strict=True)]
+        report["load"] = []
+        for concurrency, n in zip((1, 8, 64), counts, strict=True):
+            if f"c{concurrency}" not in phases:
+                continue
+            if concurrency < 64:
+                report["load"].append(load(base, image, concurrency, n, args.phase_timeout))
+                continue
+            with probe_503(port, image) as probe:
+                report["load"].append(load(base, image, concurrency, n, args.phase_timeout))
+            report["load"][-1]["probe"] = probe
         report["rss_mb_after_load"] = round(rss_mb(server.pid), 1)
         report["requests_before_rss"] = sum(r["requests"] for r in report["load"])
-        body = gzip_bomb(args.bomb_mb << 20)
-        report["gzip_body"] = f"{len(body)} bytes inflating to {args.bomb_mb} MiB"
-        with bomb_upstream(body) as url:
-            report["gzip_attack"] = gzip_attack(base, url, 64)
-        report["rss_mb_after_gzip"] = round(rss_mb(server.pid), 1)
-        report["slowloris"] = slowloris(base, image, 50)
-        report["invented_methods"] = invented_methods(base, 200)
+        if "gzip" in phases:
+            body = gzip_bomb(args.bomb_mb << 20)
+            report["gzip_body"] = f"{len(body)} bytes inflating to {args.bomb_mb} MiB"
+            with bomb_upstream(body) as url:
+                report["gzip_attack"] = gzip_attack(base, url, 64)
+            report["rss_mb_after_gzip"] = round(rss_mb(server.pid), 1)
+        if "slowloris" in phases:
+            report["slowloris"] = slowloris(base, image, 50)
+        if "methods" in phases:
+            report["invented_methods"] = invented_methods(base, 200)
         report["rss_mb_end"] = round(rss_mb(server.pid), 1)
         report["rss_mb_peak"] = round(rss_mb(server.pid, "VmHWM"), 1)
-        report["load_average_end"] = round(os.getloadavg()[0], 2)
+        report["load_average_end"] = "/".join(f"{x:.2f}" for x in os.getloadavg())
     finally:
         server.terminate()
         try:

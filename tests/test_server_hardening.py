@@ -262,6 +262,75 @@ def test_uploaded_filename_cannot_forge_log_lines(model, jpeg, caplog):
         assert "\n" not in line and "\x1b" not in line and "\u2028" not in line
 
 
+# ------------------------------------------- 6b. log writes off the event loop
+class GatedHandler(logging.Handler):
+    """Writes nothing until ``gate`` is set: a log destination that has stalled."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate = threading.Event()
+        self.written: list[tuple[str, str, tuple]] = []
+        self.setFormatter(logging.Formatter("%(name)s %(message)s"))
+
+    def emit(self, record):
+        assert self.gate.wait(30)
+        self.written.append((threading.current_thread().name, self.format(record),
+                             record.args))
+
+
+@pytest.fixture
+def gated_logger():
+    log = logging.getLogger("iqa.test.logqueue")
+    handler = GatedHandler()
+    saved = log.handlers, log.level, log.propagate
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        yield log, handler
+    finally:
+        handler.gate.set()
+        log.handlers, log.level, log.propagate = saved
+
+
+def test_log_calls_do_not_wait_for_a_stalled_destination(gated_logger):
+    """`iqa serve` logs on its event loop; with deferred_log_writes a stalled log
+    destination no longer stalls the caller: records wait in a queue, one thread writes
+    them in order with the original handler (args intact, for uvicorn's formatters)."""
+    from iqa.inference.server.logqueue import deferred_log_writes
+
+    log, handler = gated_logger
+    log.handlers = [handler]  # pytest adds its capture handlers to loggers that do not propagate
+    with deferred_log_writes([log.name]):
+        assert log.handlers != [handler]
+        for i in range(100):
+            log.info("line %d of %s", i, "x")  # would block here if written synchronously
+        assert handler.written == []
+        handler.gate.set()
+    # Leaving the block writes what was queued and puts the handler back.
+    assert log.handlers == [handler]
+    assert [line for _, line, _ in handler.written] == [
+        f"iqa.test.logqueue line {i} of x" for i in range(100)]
+    assert handler.written[7][2] == (7, "x")
+    assert {thread for thread, _, _ in handler.written} != {threading.current_thread().name}
+
+
+def test_log_queue_is_bounded_and_counts_what_it_drops(gated_logger):
+    from iqa.inference.server.logqueue import deferred_log_writes
+
+    log, handler = gated_logger
+    log.handlers = [handler]  # pytest adds its capture handlers to loggers that do not propagate
+    with deferred_log_writes([log.name], max_queued=5):
+        for i in range(50):
+            log.warning("refused %d", i)
+        handler.gate.set()
+    lines = [line for _, line, _ in handler.written]
+    kept = [line for line in lines if "refused" in line]
+    notices = [line for line in lines if "dropped" in line]
+    assert 5 <= len(kept) <= 6  # the queue, plus the one the writer was blocked on
+    assert notices
+    dropped = sum(int(line.split("iqa.server ")[1].split()[0]) for line in notices)
+    assert len(kept) + dropped == 50
+
 # ------------------------------------------------------ 7. rejections on headers
 class BlockingModel:
     def __init__(self, model):
@@ -327,6 +396,112 @@ def test_rejections_need_no_body(model, jpeg, monkeypatch):
             assert busy.startswith(b"HTTP/1.1 503") and b'"code":50' in busy
             blocking.release.set()
             assert first.result().status_code == 200
+
+
+def call_asgi(app, method: str, path: str, query: bytes, headers: list
+              ) -> tuple[dict, list, dict]:
+    """Run one HTTP request through ``app`` in-process; the body must never be read.
+    Returns (the response start message, the body chunks, the scope)."""
+    import asyncio
+
+    async def receive():
+        raise AssertionError("the app read the body of a request it refused on its headers")
+
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": method, "scheme": "http", "path": path, "raw_path": path.encode(),
+             "root_path": "", "query_string": query, "headers": headers,
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "state": {}}
+    asyncio.run(app(scope, receive, send))
+    return sent[0], [m.get("body", b"") for m in sent[1:]], scope
+
+
+def test_header_refusals_happen_before_routing_and_never_read_the_body(model):
+    """413, 401 and 503 decided on the headers come from the ASGI layer in front of the
+    router: `receive` is never called, FastAPI's route never runs, and the answer closes
+    the connection. Metrics still count them under the API's endpoint."""
+    from iqa.inference.server.auth import KeyStore
+
+    app = create_app(model, settings(workers=1, max_queue=0, max_upload_bytes=LIMIT,
+                                     keys=KeyStore({"alice": "right"})))
+    multipart = [(b"content-type", b"multipart/form-data; boundary=b")]
+    service = app.state.service
+
+    scopes = []
+    start, body, scope = call_asgi(app, "POST", CHECK, b"models=quality",
+                                   [*multipart, (b"content-length", str(50 * LIMIT).encode())])
+    scopes.append(scope)
+    assert start["status"] == 413 and b'"code":24' in b"".join(body)
+    assert (b"connection", b"close") in start["headers"]
+
+    start, body, scope = call_asgi(app, "POST", CHECK,
+                                   b"models=quality&api_user=alice&api_secret=no",
+                                   [*multipart, (b"content-length", b"100000")])
+    scopes.append(scope)
+    assert start["status"] == 401 and b'"code":1' in b"".join(body)
+
+    ticket = service.gate.admit()  # the only slot
+    try:
+        start, body, scope = call_asgi(app, "POST", CHECK, b"models=quality",
+                                       [*multipart, (b"content-length", b"100000")])
+        scopes.append(scope)
+    finally:
+        ticket.close()
+    headers = dict(start["headers"])
+    assert start["status"] == 503 and b'"code":50' in b"".join(body)
+    assert headers[b"connection"] == b"close" and headers[b"retry-after"] == b"1"
+    assert b'"status":"failure"' in b"".join(body)
+    # The router sets "endpoint" in the scope of every request it matches.
+    assert all("endpoint" not in scope for scope in scopes)
+    # The control: an accepted request is routed (and its body read).
+    _, _, scope = call_asgi(app, "GET", "/health", b"", [])
+    assert "endpoint" in scope
+
+    metrics = app.state.metrics.render()
+    for status in (413, 401, 503):
+        assert (f'iqa_requests_total{{endpoint="{CHECK}",method="POST",status="{status}"}} 1'
+                in metrics)
+    assert 'iqa_errors_total{type="api_error",code="50"} 1' in metrics
+
+
+def test_refused_uploads_are_answered_and_the_connection_lingers(model, jpeg):
+    """With `iqa serve`'s protocol, a refused upload's connection is not reset under the
+    client: the answer arrives, then a FIN, and the rest of the body is still accepted
+    (read and discarded) instead of the reset that can destroy an unread answer."""
+    blocking = BlockingModel(model)
+    limits = settings(workers=1, max_queue=0, max_upload_bytes=64 * LIMIT)
+    app = create_app(blocking, limits)
+    big = b"\xff" * (8 * LIMIT)  # far more than the socket buffers hold
+    with uvicorn_server(app, **uvicorn_options(limits)) as base, \
+            httpx.Client(timeout=30, trust_env=False) as client, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(client.post, f"{base}{CHECK}", data={"models": "quality"},
+                            files={"media": ("a.jpg", jpeg)})
+        assert blocking.entered.wait(10)
+        try:
+            port = int(base.rsplit(":", 1)[1])
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(post_head("models=quality", len(big)) + big[:65536])
+                answer = b""
+                while not answer.endswith(b"}"):
+                    chunk = sock.recv(65536)
+                    assert chunk, answer
+                    answer += chunk
+                assert answer.startswith(b"HTTP/1.1 503") and b"connection: close" in answer
+                assert sock.recv(1) == b""  # FIN after the answer
+                sock.sendall(big[65536:])  # still read (and dropped): no reset
+            with httpx.Client(timeout=30, trust_env=False) as other:
+                for _ in range(5):  # httpx sends whole bodies before it reads
+                    busy = other.post(f"{base}{CHECK}", data={"models": "quality"},
+                                      files={"media": ("big.jpg", big)})
+                    assert busy.status_code == 503 and error_of(busy) == ("api_error", 50)
+                    assert busy.headers["connection"] == "close"
+        finally:
+            blocking.release.set()
+        assert first.result().status_code == 200
 
 
 def test_multipart_is_parsed_off_the_event_loop(model, jpeg, monkeypatch):

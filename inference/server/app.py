@@ -44,6 +44,7 @@ from .errors import (
 from .forms import parse_body, read_body
 from .logsafe import install_log_filters, safe
 from .metrics import Metrics, MetricsMiddleware
+from .refusal import RefuseOnHeaders
 from .schemas import CheckFailure, CheckSuccess
 from .service import CheckService, Upload
 from .settings import ServerSettings
@@ -131,6 +132,12 @@ def declared_too_large(request: Request, max_upload: int) -> UploadTooLargeError
     return None
 
 
+def _route_path(scope) -> str:
+    """The path the router matches: ``path`` without the ``root_path`` prefix."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
+
+
 def _allowed_methods(app: FastAPI, path: str) -> list[str]:
     methods: set[str] = set()
     for route in app.router.routes:
@@ -181,6 +188,28 @@ def create_app(model=None, settings: ServerSettings | None = None, *, fetcher=No
     add_docs(app)
     app.state.service = service
     app.state.metrics = metrics
+    check_post_route = None  # set once the routes exist; metrics label refusals with it
+
+    def refuse_on_headers(scope) -> Exception | None:
+        """What a POST to the API can be refused for before a byte of its body is read:
+        a declared oversize body, wrong credentials in the query string, a full queue."""
+        if scope["method"] != "POST" or _route_path(scope) != CHECK_PATH:
+            return None
+        request = Request(scope)
+        error: Exception | None = declared_too_large(request, settings.max_upload_bytes)
+        if error is None:
+            try:
+                service.precheck(request.query_params)
+            except APIError as exc:
+                error = exc
+        if error is not None:
+            scope["route"] = check_post_route
+        return error
+
+    # Inside MetricsMiddleware (added last, so outermost), which times and counts these
+    # refusals like any other answer; ahead of FastAPI's routing and dependencies.
+    app.add_middleware(RefuseOnHeaders, decide=refuse_on_headers,
+                       answer=lambda scope, exc: failure(Request(scope), exc))
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     def failure(request: Request, exc: BaseException, status: int | None = None) -> JSONResponse:
@@ -263,18 +292,16 @@ def create_app(model=None, settings: ServerSettings | None = None, *, fetcher=No
               openapi_extra=post_body, summary="Score an uploaded image (or a URL)")
     async def check_post(request: Request):
         async def work():
-            # Refuse on the headers alone whatever can be refused there, before a byte
-            # of the body is read: a declared oversize body, credentials in the query
-            # string, a full queue.
-            too_large = declared_too_large(request, settings.max_upload_bytes)
-            if too_large is not None:
-                raise too_large
-            service.precheck(request.query_params)
+            # What can be refused on the headers alone was refused before routing
+            # (refuse_on_headers above); here the body is read.
             fields, upload = await read_post(request, settings.max_upload_bytes,
                                              settings.body_timeout)
             return await service.check(fields, upload)
 
         return await respond(request, work)
+
+    check_post_route = next(r for r in app.router.routes if getattr(r, "path", None) ==
+                            CHECK_PATH and "POST" in getattr(r, "methods", ()))
 
     if settings.ui:
         from .ui import add_page

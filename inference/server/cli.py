@@ -7,12 +7,14 @@ container deployments set; a flag on the command line wins over the variable.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import logging
 import os
 import sys
 
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+STARTUP_FAILURE = 3  # uvicorn's exit status when the server cannot start
 
 
 def _env(name: str, default=None, cast=str):
@@ -157,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
     from ..model import QualityModel
     from .app import create_app
     from .auth import KeyConfigError
+    from .logqueue import deferred_log_writes
     from .protocol import uvicorn_options
 
     logging.basicConfig(level=args.log_level.upper(),
@@ -193,6 +196,14 @@ def run(args: argparse.Namespace) -> int:
     log.info("model %s (providers %s, %d thread(s) x %d worker(s)); listening on http://%s:%d",
              model.path, ",".join(model.providers), threads, args.workers, args.host, args.port)
     app = create_app(model, settings)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                server_header=False, proxy_headers=False, **uvicorn_options(settings))
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                            server_header=False, proxy_headers=False,
+                            **uvicorn_options(settings))  # configures uvicorn's loggers
+    server = uvicorn.Server(config)
+    # Every log line is written by one thread, never on the event loop (logqueue.py).
+    with deferred_log_writes(("", "uvicorn", "uvicorn.error", "uvicorn.access")):
+        with contextlib.suppress(KeyboardInterrupt):
+            server.run()
+    if not server.started:  # e.g. the port is taken; uvicorn has logged why
+        return STARTUP_FAILURE
     return 0

@@ -10,6 +10,14 @@ failure JSON instead of plain text. Everything else is uvicorn's own code.
 
 The body's deadline is the app's (``--body-timeout``, see forms.py), where a 408 can
 still be answered as JSON.
+
+It also closes connections gently. A request refused on its headers (refusal.py) is
+answered with ``Connection: close`` while its client may still be sending the body;
+closing the socket with that body unread makes the kernel send a reset, which can
+destroy the answer in the client's receive buffer before the client reads it. So such a
+connection lingers: the answer and then a FIN go out, and whatever else the client sends
+is discarded unparsed until it closes its side, for at most LINGER_SECONDS and
+LINGER_BYTES.
 """
 
 from __future__ import annotations
@@ -49,6 +57,27 @@ def _raw_response(status: int, headers: list, body: bytes) -> bytes:
 
 
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 503: b"Service Unavailable"}
+# How long, and how much, a connection closed in the middle of a request body (after a
+# refusal) keeps reading and discarding before it is closed outright.
+LINGER_SECONDS = 5.0
+LINGER_BYTES = 32 << 20
+
+
+class _LingeringTransport:
+    """The transport as uvicorn sees it: ``close()`` lingers when a body is unfinished."""
+
+    def __init__(self, transport, protocol: IQAH11Protocol):
+        self._transport = transport
+        self._protocol = protocol
+
+    def __getattr__(self, name):
+        return getattr(self._transport, name)
+
+    def is_closing(self) -> bool:
+        return self._protocol._lingering or self._transport.is_closing()
+
+    def close(self) -> None:
+        self._protocol._close_gently()
 
 
 class _ConcurrencyLimit:
@@ -90,6 +119,9 @@ class IQAH11Protocol(H11Protocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_scope = None
         self._head_bytes = 0
+        self._lingering = False
+        self._linger_timer: asyncio.TimerHandle | None = None
+        self._lingered_bytes = 0
 
     # -- the request-head deadline
     def _arm_head_timer(self) -> None:
@@ -116,9 +148,31 @@ class IQAH11Protocol(H11Protocol):
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
+        self.transport = _LingeringTransport(transport, self)
         self._arm_head_timer()
 
+    # -- lingering close
+    def _close_gently(self) -> None:
+        transport = self.transport._transport
+        if self._lingering or transport.is_closing():
+            transport.close()
+            return
+        if self.conn.their_state is not h11.SEND_BODY or not transport.can_write_eof():
+            transport.close()
+            return
+        # The client is still sending a body nobody will read: answer, FIN, then drain.
+        self._cancel_head_timer()
+        self._lingering = True
+        transport.write_eof()
+        transport.resume_reading()
+        self._linger_timer = self.loop.call_later(LINGER_SECONDS, transport.close)
+
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            self._lingered_bytes += len(data)
+            if self._lingered_bytes > LINGER_BYTES:
+                self.transport._transport.close()
+            return
         if self.conn.their_state is h11.IDLE:  # not the rest of a refused request's body
             self._head_bytes += len(data)
         super().data_received(data)
@@ -136,6 +190,9 @@ class IQAH11Protocol(H11Protocol):
 
     def connection_lost(self, exc) -> None:
         self._cancel_head_timer()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
         super().connection_lost(exc)
 
     # -- uvicorn's own 400, as JSON
