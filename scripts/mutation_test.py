@@ -168,22 +168,43 @@ def select(target: Target, mutants: dict[str, dict]) -> list[str]:
 
 
 def killed(status: str) -> bool:
-    return status.startswith("killed") or status == "timeout"
+    return status.startswith(("killed", "timeout"))
 
 
-def restage_tests(folder: Path) -> dict:
-    """For --rerun: today's tests into an earlier stage; the earlier report."""
+def restage_tests(target: Target, folder: Path) -> dict:
+    """For --rerun: today's tests, configs and unmutated modules into an earlier stage;
+    the earlier report. The mutated file must be unchanged since the stage was made, or
+    its mutants would be of old code."""
     previous = json.loads((folder / "report.json").read_text())
+    staged = folder / "iqa" / target.source
+    if staged.read_bytes() != (REPO / target.source).read_bytes():
+        sys.exit(f"{target.source} changed since {folder} was staged: its mutants are of "
+                 "old code; run without --rerun to stage it again")
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for where in (folder / "tests", folder / "mutants" / "tests"):
         shutil.copytree(REPO / "tests", where, ignore=ignore, dirs_exist_ok=True)
+    for where in (folder / "configs", folder / "mutants" / "configs"):
+        shutil.copytree(REPO / "configs", where, ignore=ignore, dirs_exist_ok=True)
+    # The rest of the package as it is today; the mutated file (and mutmut's copy of it,
+    # with the mutants in it) stays.
+    skip = Path(target.source)
+    for name in PACKAGES:
+        for source in (REPO / name).rglob("*"):
+            relative = source.relative_to(REPO)
+            if (not source.is_file() or relative == skip or "__pycache__" in relative.parts
+                    or source.suffix == ".pyc"):
+                continue
+            for where in (folder / "iqa", folder / "mutants" / "iqa"):
+                (where / relative).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, where / relative)
     # Make mutmut map tests to functions again, so new tests are run for old mutants.
     (folder / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
     return previous
 
 
 def run_module(module: str, workdir: Path, max_children: int, list_only: bool,
-               rerun: bool = False, report_only: bool = False) -> dict:
+               rerun: bool = False, report_only: bool = False,
+               recheck_s: float = 0.0) -> dict:
     target = TARGETS[module]
     folder = workdir / module
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
@@ -191,7 +212,7 @@ def run_module(module: str, workdir: Path, max_children: int, list_only: bool,
     if report_only:  # the state of an earlier (or still running) run, nothing started
         names = select(target, list_mutants(folder, env))
     elif rerun and (folder / "report.json").is_file():
-        previous = restage_tests(folder)
+        previous = restage_tests(target, folder)
         names = [n for n, info in previous["mutants"].items() if not killed(info["status"])]
         print(f"{module}: rerunning the {len(names)} mutants that were not killed", flush=True)
     else:
@@ -215,8 +236,37 @@ def run_module(module: str, workdir: Path, max_children: int, list_only: bool,
         code = results[name]["exit_code"]
         report["mutants"][name] = {"status": STATUS.get(code, f"exit {code}"),
                                    "diff": results[name]["diff"]}
+    if not report_only and recheck_s:  # also an earlier run's timeouts, with today's tests
+        for name, info in report["mutants"].items():
+            if info["status"] == "timeout":
+                status = recheck(target, folder, name, env, nice, recheck_s)
+                print(f"  timeout rechecked: {status}: {name}", flush=True)
+                report["mutants"][name]["status"] = status
     (folder / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
     return report
+
+
+def recheck(target: Target, folder: Path, name: str, env: dict, nice: list[str],
+            cpu_s: float) -> str:
+    """One more run of a mutant that timed out, with all of the target's tests, under a
+    limit on CPU time rather than wall-clock time. mutmut's wall-clock limit is half its
+    CPU-time limit, and a run under ``nice -n 19`` on a busy machine can be starved past it:
+    a mutant that the tests pass would then count as killed. Starving costs no CPU time."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_CPU, (int(cpu_s), int(cpu_s) + 1))
+
+    command = [*nice, sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-x", "-q",
+               *target.tests]
+    try:
+        code = subprocess.run(command, cwd=folder / "mutants", preexec_fn=limit,
+                              env={**env, "MUTANT_UNDER_TEST": name}, timeout=20 * cpu_s,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+    except subprocess.TimeoutExpired:  # a hang that burns no CPU (a deadlock, a sleep)
+        return "timeout (recheck)"
+    status = {0: "survived", 1: "killed"}.get(code, STATUS.get(code, f"exit {code}"))
+    return f"{status} (recheck)" if status != "survived" else status
 
 
 def summary(report: dict) -> str:
@@ -243,6 +293,10 @@ def main() -> int:
     parser.add_argument("--report-only", action="store_true",
                         help="summarise an earlier or running stage; unchecked mutants show "
                         "as 'not checked'")
+    parser.add_argument("--recheck-timeouts", type=float, default=150.0, metavar="SECONDS",
+                        help="run each mutant that mutmut timed out once more, directly, with "
+                        "this limit on CPU time (default 150: about 5 times the slowest "
+                        "target's tests; 0: keep mutmut's verdict)")
     parser.add_argument("--list", action="store_true",
                         help="list the selected mutants and their diffs, run nothing")
     args = parser.parse_args()
@@ -253,7 +307,7 @@ def main() -> int:
         print("mutmut is missing: pip install -e '.[dev]'", file=sys.stderr)
         return 2
     reports = [run_module(m, args.workdir, args.max_children, args.list, args.rerun,
-                          args.report_only)
+                          args.report_only, args.recheck_timeouts)
                for m in (args.modules or TARGETS)]
     for report in reports:
         if report:
