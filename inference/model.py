@@ -38,12 +38,45 @@ from .contract import (
 )
 from .decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageSource
 from .errors import IQAError, ModelLoadError
-from .preprocess import decode_for_model, to_model_inputs
+from .preprocess import decode_for_model, normalise_pixels, to_model_inputs, to_model_pixels
 
 DEFAULT_MODEL_NAME = "iqa-lite0.onnx"
 
 # One prepared image: every model input by ONNX input name (see ``QualityModel.prepare``).
 Prepared = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class ImagePreparer:
+    """Decoding and preprocessing of one model, without the model: small and picklable.
+
+    What :meth:`QualityModel.preparer` returns, for processes that only prepare images
+    (they then need neither onnxruntime nor the model file). ``prepare`` equals
+    :meth:`QualityModel.prepare`; ``prepare_pixels`` stops before normalisation, and
+    :meth:`QualityModel.inputs_from_pixels` finishes the job where the model runs.
+    """
+
+    preprocessing: Preprocessing
+    detail_view: DetailView | None = None
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    min_side: int = DEFAULT_MIN_SIDE
+
+    def decode(self, source: ImageSource, name: str | None = None):
+        return decode_for_model(
+            source,
+            self.preprocessing,
+            max_pixels=self.max_pixels,
+            min_side=self.min_side,
+            name=name,
+            native=self.detail_view is not None,
+        )
+
+    def prepare(self, source: ImageSource, name: str | None = None) -> Prepared:
+        return to_model_inputs(self.decode(source, name), self.preprocessing, self.detail_view)
+
+    def prepare_pixels(self, source: ImageSource, name: str | None = None) -> Prepared:
+        """Like :meth:`prepare`, but HxWx3 uint8 arrays: a quarter of the bytes."""
+        return to_model_pixels(self.decode(source, name), self.preprocessing, self.detail_view)
 
 
 def default_model_path() -> Path:
@@ -275,6 +308,16 @@ class QualityModel:
         :meth:`score_tensors` scores a list of them.
         """
         return to_model_inputs(self.decode(source, name), self.preprocessing, self.detail_view)
+
+    def preparer(self) -> ImagePreparer:
+        """This model's decoding and preprocessing, to run where the model is not loaded."""
+        return ImagePreparer(self.preprocessing, self.detail_view, self.max_pixels,
+                             self.min_side)
+
+    def inputs_from_pixels(self, pixels: Prepared) -> Prepared:
+        """:meth:`ImagePreparer.prepare_pixels` output -> what :meth:`prepare` returns
+        (the same arrays, bit for bit), ready for :meth:`score_tensors`."""
+        return normalise_pixels(pixels, self.preprocessing, self.detail_view)
 
     def score(self, source: ImageSource, name: str | None = None) -> QualityResult:
         """Score one image; raises an IQAError subclass if it cannot be scored."""

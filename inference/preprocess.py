@@ -99,3 +99,33 @@ def to_model_inputs(
         inputs[DETAIL_INPUT] = to_detail_input(image if detail_source is None else detail_source,
                                                view)
     return inputs
+
+
+def to_model_pixels(
+    image: Image.Image, prep: Preprocessing, view: DetailView | None
+) -> dict[str, np.ndarray]:
+    """Every input of the model as HxWx3 uint8 pixels, before :func:`normalise`.
+
+    A quarter of the bytes of :func:`to_model_inputs`, for handing images to another
+    process; :func:`normalise_pixels` then gives exactly what ``to_model_inputs`` gives.
+    """
+    from .contract import DETAIL_INPUT, INPUT_NAME
+
+    pixels = {INPUT_NAME: np.asarray(resize_for_model(image, prep))}
+    if view is not None:
+        pixels[DETAIL_INPUT] = detail_mosaic(np.asarray(image), view)
+    return pixels
+
+
+def normalise_pixels(
+    pixels: dict[str, np.ndarray], prep: Preprocessing, view: DetailView | None
+) -> dict[str, np.ndarray]:
+    """:func:`to_model_pixels` output -> the model's float32 inputs, by input name."""
+    from .contract import DETAIL_INPUT, INPUT_NAME
+
+    inputs = {INPUT_NAME: normalise(pixels[INPUT_NAME], prep)}
+    if DETAIL_INPUT in pixels:
+        if view is None:
+            raise ValueError(f"a '{DETAIL_INPUT}' input, but the model has no detail view")
+        inputs[DETAIL_INPUT] = normalise(pixels[DETAIL_INPUT], view)
+    return inputs
