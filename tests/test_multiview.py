@@ -114,6 +114,28 @@ def test_fit_calibration_is_monotone_and_follows_the_levels():
     assert abs(np.interp(0.5, xs, ys) - 0.60) < 0.05
 
 
+def test_prior_calibration_inverts_the_level_prior_by_hand():
+    from iqa.models.multiview import MonotoneCalibration
+    from iqa.training.heads import prior_calibration
+
+    # MOS = 0.2 + 0.6 * page: page 0 at MOS 0.2, page 0.98 at MOS 0.788.
+    xs, ys = prior_calibration((0.2, 0.6))
+    np.testing.assert_allclose(xs, [0.0, 0.2, 0.788, 1.0], atol=1e-9)
+    np.testing.assert_allclose(ys, [0.0, 0.02, 0.98, 0.99], atol=1e-9)
+    cal = MonotoneCalibration(xs, ys)
+    # MOS 0.494 is halfway along the line: 0.02 + 0.5 * 0.96 = 0.5.
+    got = cal(torch.tensor([0.0, 0.1, 0.2, 0.494, 0.788, 0.894, 1.0])).numpy()
+    np.testing.assert_allclose(got, [0.0, 0.01, 0.02, 0.5, 0.98, 0.985, 0.99], atol=1e-5)
+    assert np.all(np.diff(got) > 0)  # strictly increasing: no ties, no ranking change
+
+
+def test_prior_calibration_rejects_a_prior_outside_the_mos_range():
+    from iqa.training.heads import prior_calibration
+
+    with pytest.raises(ValueError, match="does not fit"):
+        prior_calibration((0.3, 1.0))  # page 0.98 would need MOS 1.28
+
+
 # ------------------------------------------------------------------------------ levels
 
 

@@ -28,8 +28,11 @@ PHOTO_DIR = Path(os.environ.get("IQA_EVAL_PHOTOS",
                                 Path(__file__).resolve().parents[1] / ".cache/eval-photos/plasma"))
 PHOTOS = ("EveningGlow", "ColorfulCups", "Grey", "OneStandsOut", "Path")
 
+# As in test_shipped_model.py: IQA_CANDIDATE_MODEL=path.onnx checks a model before it ships.
+MODEL_PATH = Path(os.environ.get("IQA_CANDIDATE_MODEL") or default_model_path())
+
 pytestmark = [
-    pytest.mark.skipif(not default_model_path().is_file(), reason="no shipped model"),
+    pytest.mark.skipif(not MODEL_PATH.is_file(), reason=f"no model at {MODEL_PATH}"),
     pytest.mark.skipif(not all((PHOTO_DIR / f"{n}.jpg").is_file() for n in PHOTOS),
                        reason=f"no evaluation photos in {PHOTO_DIR}: run "
                               "python scripts/fetch_eval_photos.py"),
@@ -54,7 +57,7 @@ def photos() -> list[np.ndarray]:
 def scores(photos) -> dict[str, np.ndarray]:
     import cv2
 
-    model = QualityModel()
+    model = QualityModel(MODEL_PATH)
 
     def score(images):
         return np.array([r.score for r in model.score_many(images)])

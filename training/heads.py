@@ -32,6 +32,12 @@ class HeadRecipe:
     prior_high_quantile: float = 0.95
     prior_low_quantile: float = 0.02
     calibration_knots: int = 10
+    # "isotonic": fitted on out-of-fold predictions of the synthetic versions
+    # (fit_calibration). "prior": the inverse of the linear level prior, fitted on the
+    # training MOS alone (prior_calibration); it puts clean photos where the best rated
+    # photos are instead of where their distorted siblings with the same MOS are
+    # (MODEL_CARD.md, "A MOS head and a level head").
+    calibration: str = "isotonic"
     feature_slice: tuple[int, int] | None = None  # ablations: use only these columns
 
 
@@ -126,6 +132,20 @@ def fit_calibration(pred_mos: np.ndarray, levels: np.ndarray, knots: int = 10
     for i in range(1, len(ys)):
         ys[i] = max(ys[i], ys[i - 1] + STRICT_STEP)
     return [float(x) for x in xs], [float(min(y, 1.0)) for y in ys]
+
+
+def prior_calibration(prior: tuple[float, float]) -> tuple[list[float], list[float]]:
+    """Knots of page = (MOS - a) / b, the inverse of :func:`level_to_mos_prior`.
+
+    Between MOS ``a`` (page 0) and the MOS of page 0.98 the map is the prior's line, pinched
+    to [0.02, 0.98]; outside, it keeps a small slope down to MOS 0 and up to MOS 1, so that
+    no two MOS values tie in score.
+    """
+    a, b = prior
+    top = a + 0.98 * b
+    if not 0.0 < a < top < 1.0:
+        raise ValueError(f"the level prior {prior} does not fit inside MOS (0, 1)")
+    return [0.0, float(a), float(top), 1.0], [0.0, 0.02, 0.98, 0.99]
 
 
 def group_folds(groups: np.ndarray, k: int, seed: int) -> np.ndarray:

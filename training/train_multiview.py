@@ -22,7 +22,15 @@ from pathlib import Path
 import numpy as np
 
 from .feature_cache import FeatureTable
-from .heads import HeadRecipe, fit_calibration, group_folds, predict, train_heads
+from .heads import (
+    HeadRecipe,
+    fit_calibration,
+    group_folds,
+    level_to_mos_prior,
+    predict,
+    prior_calibration,
+    train_heads,
+)
 from .multiview_data import LEVEL, MOS
 
 RECIPE_KEY = "multiview"
@@ -69,6 +77,9 @@ def head_recipe(config: dict) -> HeadRecipe:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ValueError(f"unknown heads option(s) {unknown}; known: {sorted(known)}")
+    if raw.get("calibration", "isotonic") not in ("isotonic", "prior"):
+        raise ValueError(f"heads.calibration must be 'isotonic' or 'prior', got "
+                         f"{raw['calibration']!r}")
     if raw.get("alphas") is not None:
         raw["alphas"] = tuple(float(a) for a in raw["alphas"])
     if raw.get("feature_slice") is not None:
@@ -197,7 +208,10 @@ def summarise(per_fold: list[dict]) -> dict:
 
 
 def calibration_from_oof(table: FeatureTable, oof_mos: np.ndarray, recipe: HeadRecipe):
-    """Knots fitted on out-of-fold predictions of the synthetic levels (training data)."""
+    """Knots fitted on out-of-fold predictions of the synthetic levels (training data), or
+    the inverse level prior of the rated photos' MOS (``calibration: prior``)."""
+    if recipe.calibration == "prior":
+        return prior_calibration(level_to_mos_prior(table.targets[table.kinds == MOS], recipe))
     levels = (table.kinds == LEVEL) & ~np.isnan(oof_mos)
     if levels.sum() < 20:
         raise ValueError("too few synthetic level samples to fit the calibration")
@@ -280,6 +294,8 @@ def run(config_path: str, overrides: list[str], output: str | None,
         return 0
     print("final heads on all samples", flush=True)
     heads, prior = train_heads(table, recipe, progress=True)
+    if recipe.calibration == "prior":
+        knots = prior_calibration(prior)
     if knots is not None:
         heads.calibration.set_knots(*knots)
     model.heads = heads
