@@ -26,7 +26,7 @@ def rows(run_dir):
 
 
 def test_killed_run_resumes_exactly(fake_root, feature_cache_dir, tmp_path, monkeypatch,  # noqa: F811
-                                    one_thread):  # noqa: F811
+                                    one_thread, capsys):  # noqa: F811
     # One thread: with two, CPU kernels reduce some gradients in a scheduling-dependent
     # order, and even two uninterrupted runs differ by ~1e-5 after a few steps.
     # 12 train images / batch 3 = 4 steps per epoch, 2 epochs. Checkpoints land after steps
@@ -48,7 +48,10 @@ def test_killed_run_resumes_exactly(fake_root, feature_cache_dir, tmp_path, monk
     assert [r[2] for r in rows(killed) if r[0] == "train"][-1] == "7"  # logged past the checkpoint
     monkeypatch.delenv(STOP_AFTER_ENV)
 
+    capsys.readouterr()
     assert main(["train", "--resume", str(killed), "--no-progress", "--threads", one_thread]) == 0
+    # Epochs are counted from 1 in messages: step 6 is two steps into the second epoch.
+    assert "resuming at epoch 2, step 6 (2 steps into the epoch)" in capsys.readouterr().err
 
     a = torch.load(full / "last.pt", weights_only=False)
     b = torch.load(killed / "last.pt", weights_only=False)

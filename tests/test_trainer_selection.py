@@ -8,6 +8,8 @@ moment. No number here comes from the selection code under test.
 from __future__ import annotations
 
 import csv
+import json
+import linecache
 import math
 import re
 import shutil
@@ -88,6 +90,11 @@ def _check_best(run_dir, seen):
     history = [h["srcc"] for h in last["history"]]
     assert [h["epoch"] + 1 for h in last["history"]] == [1, 2, 3, 4, 5]
     assert math.isnan(history[0]) and history[1:] == SCRIPTED_SRCC[1:]
+    assert [h["step"] for h in last["history"]] == [3, 6, 9, 12, 15]  # 3 steps per epoch
+    # What `iqa train` reports at the end (summary.json is the trainer's return value).
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 3 * len(SCRIPTED_SRCC)
+    assert summary["best_metric"] == 0.8 and summary["best_validation"]["epoch"] == BEST_EPOCH
 
 
 def test_best_checkpoint_holds_the_best_epoch(fake_root, feature_cache_dir, one_thread,  # noqa: F811
@@ -111,6 +118,52 @@ def test_best_checkpoint_survives_a_resume(fake_root, feature_cache_dir, one_thr
     assert main(["train", "--resume", str(run_dir), "--no-progress",
                  "--threads", one_thread]) == 0
     _check_best(run_dir, scripted_validation)
+
+
+def test_a_run_whose_every_validation_is_undefined_still_ends_with_best_pt(
+        fake_root, feature_cache_dir, one_thread, tmp_path, monkeypatch):  # noqa: F811
+    # No epoch improves (NaN is never an improvement), so the loop writes no best.pt; the
+    # run must still leave one to export: the final weights, with no validation claimed.
+    def validate(self):
+        return {"n": 3, "srcc": math.nan, "plcc": math.nan, "krcc": math.nan, "rmse": 0.1}
+
+    monkeypatch.setattr(trainer_module.Trainer, "validate", validate)
+    run_dir = tmp_path / "run"
+    args = _base_args(fake_root, feature_cache_dir, one_thread, "optim.epochs=2")
+    assert main(["train", *args, "--output", str(run_dir)]) == 0
+    best = torch.load(run_dir / "best.pt", weights_only=False)
+    last = torch.load(run_dir / "last.pt", weights_only=False)
+    assert _same_weights(best["model"], last["model"])
+    # 12 train images / batch 4 = 3 steps per epoch; after 2 epochs the run stands at
+    # step 6, at the start of epoch index 2, as last.pt does.
+    for state in (best, last):
+        assert (state["epoch"], state["step"], state["step_in_epoch"]) == (2, 6, 0)
+        assert state["best_metric"] is None and state["best_validation"] == {}
+    assert best["metadata"]["validation_metrics"] == {}
+    assert [h["step"] for h in last["history"]] == [3, 6]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["best_metric"] is None and summary["best_validation"] == {}
+
+
+def test_diverged_replicas_stop_the_run_before_a_checkpoint(
+        fake_root, feature_cache_dir, one_thread, tmp_path, monkeypatch):  # noqa: F811
+    # One process stands in for two: the gather of the weights' sha256 returns this rank's
+    # and a second replica's that differs (as after a missed gradient all-reduce).
+    real_gather = trainer_module.all_gather_object
+    other = "0" * 64
+
+    def gather(info, obj):
+        gathered = real_gather(info, obj)
+        return gathered + [other] if isinstance(obj, str) else gathered
+
+    monkeypatch.setattr(trainer_module, "all_gather_object", gather)
+    run_dir = tmp_path / "run"
+    args = _base_args(fake_root, feature_cache_dir, one_thread, "optim.epochs=1")
+    # The first checkpoint is due at the end of epoch 1: 12 images / batch 4 = step 3.
+    with pytest.raises(RuntimeError, match=r"^data-parallel replicas diverged at step 3: "
+                       rf"\['[0-9a-f]{{64}}', '{other}'\]$"):
+        main(["train", *args, "--output", str(run_dir)])
+    assert not (run_dir / "last.pt").exists() and not (run_dir / "best.pt").exists()
 
 
 # --------------------------------------------------------------------------- it learns
@@ -198,7 +251,15 @@ def test_resume_checks_the_data_and_reseeds_another_world_size(
     with pytest.warns(UserWarning, match="written by 2 process.*: random state is reseeded, "
                       "so the continuation is not bit-identical") as caught:
         assert main(resume) == 0
-    assert Path(caught[0].filename).name == "trainer.py"
+    # The warning points at the code that called _restore (fit), not into _restore. Under
+    # mutation testing _restore is wrapped (functools.wraps: __wrapped__) and its caller is
+    # the wrapper, in the wrapper's file.
+    restore = trainer_module.Trainer._restore
+    if hasattr(restore, "__wrapped__"):
+        assert caught[0].filename == restore.__code__.co_filename
+    else:
+        assert Path(caught[0].filename).name == "trainer.py"
+        assert "self._restore(" in linecache.getline(caught[0].filename, caught[0].lineno)
 
     # The documented reseed, seed + 7919 * step + rank, applied by hand through the
     # ordinary restore path, must give the same weights (dropout makes them depend on it).
@@ -207,9 +268,12 @@ def test_resume_checks_the_data_and_reseeds_another_world_size(
     ckpt.seed_everything(0 + 7919 * state["step"] + 0)
     torch.save({**older, "rng": [ckpt.capture_rng_state()]}, twin / "last.pt")
     assert main(["train", "--resume", str(twin), "--no-progress", "--threads", one_thread]) == 0
-    reseeded = torch.load(run_dir / "last.pt", weights_only=False)["model"]
+    ended = torch.load(run_dir / "last.pt", weights_only=False)
     by_hand = torch.load(twin / "last.pt", weights_only=False)["model"]
-    assert _same_weights(reseeded, by_hand)
+    assert _same_weights(ended["model"], by_hand)
+    # max_steps=5 ends the run inside epoch 2 (3 steps per epoch): last.pt says where a
+    # longer run would go on, 2 steps into that epoch, not at the start of the next.
+    assert (ended["epoch"], ended["step"], ended["step_in_epoch"]) == (1, 5, 2)
 
 
 def test_metrics_log_resume_drops_a_validation_the_checkpoint_never_saw(tmp_path):
