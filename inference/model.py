@@ -292,14 +292,7 @@ class QualityModel:
     def decode(self, source: ImageSource, name: str | None = None):
         """Decode ``source`` to RGB. One-input models let JPEGs decode at a reduced DCT
         scale; a model with a detail view needs the photo's own pixels."""
-        return decode_for_model(
-            source,
-            self.preprocessing,
-            max_pixels=self.max_pixels,
-            min_side=self.min_side,
-            name=name,
-            native=self.detail_view is not None,
-        )
+        return self.preparer().decode(source, name)
 
     def prepare(self, source: ImageSource, name: str | None = None) -> Prepared:
         """Decode and preprocess one image into its model inputs, by input name.
@@ -307,7 +300,7 @@ class QualityModel:
         The result is a dict of float32 arrays (picklable, so it can cross processes);
         :meth:`score_tensors` scores a list of them.
         """
-        return to_model_inputs(self.decode(source, name), self.preprocessing, self.detail_view)
+        return self.preparer().prepare(source, name)
 
     def preparer(self) -> ImagePreparer:
         """This model's decoding and preprocessing, to run where the model is not loaded."""
