@@ -121,7 +121,7 @@ def test_best_checkpoint_survives_a_resume(fake_root, feature_cache_dir, one_thr
 
 
 def test_a_run_whose_every_validation_is_undefined_still_ends_with_best_pt(
-        fake_root, feature_cache_dir, one_thread, tmp_path, monkeypatch):  # noqa: F811
+        fake_root, feature_cache_dir, one_thread, tmp_path, monkeypatch, capsys):  # noqa: F811
     # No epoch improves (NaN is never an improvement), so the loop writes no best.pt; the
     # run must still leave one to export: the final weights, with no validation claimed.
     def validate(self):
@@ -143,6 +143,27 @@ def test_a_run_whose_every_validation_is_undefined_still_ends_with_best_pt(
     assert [h["step"] for h in last["history"]] == [3, 6]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["best_metric"] is None and summary["best_validation"] == {}
+    assert summary["validations"] == 2
+    # There was a validation split: the closing words must not deny it.
+    out = capsys.readouterr().out
+    assert "validation SRCC was undefined at all 2 validations" in out
+    assert "no validation split" not in out
+
+
+def test_a_new_run_does_not_append_to_a_killed_runs_metrics(
+        fake_root, feature_cache_dir, one_thread, tmp_path):  # noqa: F811
+    # An earlier run in the same folder was killed before its first checkpoint: it left
+    # metrics.csv rows but no last.pt. A new run must not read those rows as its own.
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.csv").write_text("kind,epoch,step\ntrain,0,1\ntrain,0,2\n")
+    args = _base_args(fake_root, feature_cache_dir, one_thread, "optim.epochs=1")
+    assert main(["train", *args, "--output", str(run_dir)]) == 0
+    with (run_dir / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    # 12 train images / batch 4 = steps 1, 2, 3, each once, then one validation.
+    assert [(r["kind"], r["step"]) for r in rows] == [
+        ("train", "1"), ("train", "2"), ("train", "3"), ("val", "3")]
 
 
 def test_diverged_replicas_stop_the_run_before_a_checkpoint(

@@ -183,6 +183,9 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
         print(f"best validation (epoch {best.get('epoch')}): SRCC {best['srcc']:.4f}  "
               f"PLCC {best['plcc']:.4f}  KRCC {best['krcc']:.4f}  RMSE {best['rmse']:.4f}  "
               f"(n={best['n']})")
+    elif summary.get("validations"):
+        print(f"validation SRCC was undefined at all {summary['validations']} validations "
+              "(constant predictions?): best.pt is the final model")
     else:
         print("no validation split: best.pt is the final model")
     for name, timing in (summary.get("timings") or {}).items():

@@ -186,7 +186,11 @@ class MetricsLog:
     def __init__(self, run_dir: Path, *, resume_step: int | None, resume_epoch: int | None,
                  tensorboard: bool = True):
         self.path = run_dir / "metrics.csv"
-        if resume_step is not None and self.path.is_file():
+        if resume_step is None:
+            # A new run starts its own file: rows of an earlier run killed before its first
+            # checkpoint would otherwise read as this run's.
+            self.path.unlink(missing_ok=True)
+        elif self.path.is_file():
             self._truncate(resume_step, resume_epoch)
         new = not self.path.is_file() or self.path.stat().st_size == 0
         self.handle = open(self.path, "a", newline="", encoding="utf-8")
@@ -606,6 +610,7 @@ class Trainer:
             "steps": step,
             "best_metric": self.best_metric,
             "best_validation": self.best_val,
+            "validations": len(self.history),
             "preprocessing": dataclasses.asdict(self.prep),
             "timings": self.timings,
         }
