@@ -53,7 +53,8 @@ class Target:
 
 TARGETS: dict[str, Target] = {
     "contract": Target("inference/contract.py", ("tests/test_contract_pinned.py",)),
-    "preprocess": Target("inference/preprocess.py", ("tests/test_contract_pinned.py",)),
+    "preprocess": Target("inference/preprocess.py",
+                         ("tests/test_contract_pinned.py", "tests/test_batch_pixels.py")),
     "metrics": Target("training/metrics.py",
                       ("tests/test_metrics.py", "tests/test_metrics_oracles.py")),
     "export": Target(
