@@ -717,3 +717,49 @@ def test_benchmark_server_keeps_answering_after_a_long_log(guard, tiny_model_pat
                 server.kill()
                 server.wait(10)
         assert (tmp_path / "server.log").stat().st_size > 3 * 64 * 1024
+
+
+# ------------------------------------------------------- scoring below the event loop
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
+def test_scoring_threads_run_at_a_lower_priority_than_the_event_loop():
+    import os
+
+    from iqa.inference.server.gate import WorkGate
+
+    def own_nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    base = own_nice()
+    gate = WorkGate(workers=2, max_queue=0, scoring_nice=5)
+    try:
+        # Both workers: block the first so that the second job needs the second thread.
+        started, release = threading.Event(), threading.Event()
+
+        def hold() -> int:
+            started.set()
+            release.wait(5)
+            return own_nice()
+
+        first = gate.scoring.submit(hold)
+        assert started.wait(5)
+        second = gate.scoring.submit(own_nice)
+        assert second.result(5) == min(base + 5, 19)
+        release.set()
+        assert first.result(5) == min(base + 5, 19)
+    finally:
+        gate.shutdown()
+    assert own_nice() == base  # the caller (the event loop's thread) is left alone
+    plain = WorkGate(workers=1, max_queue=0, scoring_nice=0)
+    try:
+        assert plain.scoring.submit(own_nice).result(5) == base
+    finally:
+        plain.shutdown()
+
+
+def test_serve_rejects_a_negative_scoring_nice(capsys):
+    from iqa.inference.cli import main
+
+    assert main(["serve", "--scoring-nice", "-1", "--port", "1"]) == 2
+    assert "--scoring-nice >= 0" in capsys.readouterr().err

@@ -66,6 +66,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     limits.add_argument("--max-queue", type=int, default=_env("IQA_MAX_QUEUE", 32, int),
                         help="requests waiting beyond --workers before new ones get 503 "
                              "(default 32) [IQA_MAX_QUEUE]")
+    limits.add_argument("--scoring-nice", type=int, default=_env("IQA_SCORING_NICE", 5, int),
+                        help="nice increment of the decode/score threads, so that the event "
+                             "loop answers refusals and health checks at once on busy cores; "
+                             "0 on a machine shared with other work (default 5, Linux) "
+                             "[IQA_SCORING_NICE]")
     limits.add_argument("--request-timeout", type=float,
                         default=_env("IQA_REQUEST_TIMEOUT", 60.0, float),
                         help="seconds for fetch + decode + score of one request (default 60) "
@@ -141,6 +146,7 @@ def build_settings(args: argparse.Namespace):
         max_upload_bytes=max_bytes,
         workers=args.workers,
         max_queue=args.max_queue,
+        scoring_nice=args.scoring_nice,
         request_timeout=args.request_timeout,
         fetch_policy=policy,
         body_timeout=args.body_timeout,
@@ -165,8 +171,9 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("iqa.server")
-    if args.workers < 1 or args.max_queue < 0 or args.max_upload_mb <= 0:
-        print("iqa serve: --workers must be >= 1, --max-queue >= 0, --max-upload-mb > 0",
+    if args.workers < 1 or args.max_queue < 0 or args.max_upload_mb <= 0 or args.scoring_nice < 0:
+        print("iqa serve: --workers must be >= 1, --max-queue >= 0, --max-upload-mb > 0, "
+              "--scoring-nice >= 0",
               file=sys.stderr)
         return 2
     if min(args.header_timeout, args.body_timeout, args.keep_alive_timeout,

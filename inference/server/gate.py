@@ -9,6 +9,9 @@ request itself timed out, so abandoned work still counts against capacity.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -17,6 +20,7 @@ from typing import TypeVar
 from .errors import ServerBusyError
 
 T = TypeVar("T")
+log = logging.getLogger("iqa.server")
 
 
 class Ticket:
@@ -64,8 +68,21 @@ class Ticket:
         self.close()
 
 
+def lower_thread_priority(increment: int) -> None:
+    """Raise the calling thread's nice value by ``increment`` (Linux threads have their own;
+    raising it needs no privilege). A no-op where the OS has no per-thread priority."""
+    if increment <= 0 or not hasattr(os, "setpriority") or sys.platform != "linux":
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + increment)
+    except OSError as exc:  # e.g. a sandbox that forbids it: scoring still works
+        log.warning("could not lower the scoring threads' priority: %s", exc)
+
+
 class WorkGate:
-    def __init__(self, workers: int, max_queue: int, retry_after: int = 1):
+    def __init__(self, workers: int, max_queue: int, retry_after: int = 1,
+                 scoring_nice: int = 0):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         if max_queue < 0:
@@ -77,7 +94,9 @@ class WorkGate:
         self._in_flight = 0
         # Scoring is CPU-bound: exactly `workers` threads. Fetching is I/O-bound: one
         # thread per admitted request, so slow URLs never hold up scoring.
-        self.scoring = ThreadPoolExecutor(workers, thread_name_prefix="iqa-score")
+        self.scoring = ThreadPoolExecutor(workers, thread_name_prefix="iqa-score",
+                                          initializer=lower_thread_priority,
+                                          initargs=(scoring_nice,))
         self.fetching = ThreadPoolExecutor(self.capacity, thread_name_prefix="iqa-fetch")
 
     @property

@@ -64,7 +64,8 @@ class CheckService:
         self.model = model
         self.settings = settings
         self.fetcher = fetcher or ImageFetcher(settings.fetch_policy)
-        self.gate = WorkGate(settings.workers, settings.max_queue, settings.retry_after)
+        self.gate = WorkGate(settings.workers, settings.max_queue, settings.retry_after,
+                             settings.scoring_nice)
         metadata = getattr(model, "metadata", None) or {}
         self.model_version = metadata.get(META_MODEL_VERSION)
 

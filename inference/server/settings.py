@@ -16,6 +16,10 @@ class ServerSettings:
     max_upload_bytes: int = 32 * MiB
     workers: int = 2
     max_queue: int = 32
+    # Nice increment of the threads that decode and score (Linux; 0: none). Above the event
+    # loop's, so that on saturated cores refusals, health checks and reading uploads still
+    # get a core at once instead of queueing behind scoring (BENCHMARKS.md).
+    scoring_nice: int = 5
     # Whole pipeline (fetch + decode + score) per request, in seconds.
     request_timeout: float = 60.0
     retry_after: int = 1
