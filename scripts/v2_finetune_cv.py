@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import csv
 import json
 import time
 from pathlib import Path
@@ -36,7 +37,6 @@ ALPHAS = tuple(np.logspace(1, 4.5, 8))
 def front_features(model, records, threads: int):
     """Per photo and view: pooled stats of the frozen stages and the block-3 map."""
     import torch
-    from PIL import Image
     from tqdm import tqdm
 
     from iqa.inference.contract import DETAIL_INPUT, INPUT_NAME
@@ -60,7 +60,6 @@ def front_features(model, records, threads: int):
                         pooled += model.pooling._mean_std(x)
                 stats[view].append(torch.cat(pooled, 1)[0].numpy())
                 maps[view].append(x[0].half().numpy())
-    del Image
     return ({v: np.stack(s) for v, s in stats.items()},
             {v: np.stack(m) for v, m in maps.items()})
 
@@ -184,8 +183,8 @@ def main() -> None:
     model = build_model(config)
     model.eval()
     records = load_dataset("livec", Path(args.data_root) / "livec")
-    fold_of = {row.split(",")[0]: int(row.split(",")[1])
-               for row in args.folds.read_text().splitlines()[1:]}
+    with args.folds.open() as f:
+        fold_of = {row["image"]: int(row["fold"]) for row in csv.DictReader(f)}
     folds = np.array([fold_of[Path(r.path).name] for r in records])
     y = np.array([r.mos for r in records], dtype=np.float64)
     started = time.time()
