@@ -135,13 +135,18 @@ def bomb_upstream(body: bytes):
 
 
 # -------------------------------------------------------------------------- load
-def load(base: str, image: bytes, concurrency: int, requests: int, deadline_s: float) -> dict:
+def load(base: str, image: bytes, concurrency: int, requests: int, deadline_s: float,
+         client_nice: int = 0) -> dict:
     results: list[tuple[int, float]] = []
     lock = threading.Lock()
     counter = iter(range(requests))
     stop = time.monotonic() + deadline_s
 
     def worker():
+        if client_nice:  # Linux: this load thread only, never the server or the probe
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid)
+                           + client_nice)
         with httpx.Client(timeout=60, trust_env=False) as client:
             while time.monotonic() < stop:
                 with lock:
@@ -166,6 +171,7 @@ def load(base: str, image: bytes, concurrency: int, requests: int, deadline_s: f
     busy = [t for s, t in results if s == 503]
     return {
         "concurrency": concurrency,
+        "client_nice": client_nice,
         "requests": len(results),
         "ok": len(ok),
         "busy_503": len(busy),
@@ -363,6 +369,10 @@ def main() -> int:
     parser.add_argument("--phases", default=",".join(PHASES),
                         help="comma-separated phases to run, of " + ", ".join(PHASES) +
                              " (default: all); e.g. --phases c64 for the overload phase only")
+    parser.add_argument("--client-nice", type=int, default=0,
+                        help="nice increment of the 64 overload threads (Linux), so that the "
+                             "load generator sharing the server's cores does not starve it "
+                             "and the probe: a stand-in for clients on other machines")
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args()
     counts = [int(n) for n in args.requests.split(",")]
@@ -407,7 +417,8 @@ def main() -> int:
                 report["load"].append(load(base, image, concurrency, n, args.phase_timeout))
                 continue
             with probe_503(port, image) as probe:
-                report["load"].append(load(base, image, concurrency, n, args.phase_timeout))
+                report["load"].append(load(base, image, concurrency, n, args.phase_timeout,
+                                           args.client_nice))
             report["load"][-1]["probe"] = probe
         report["rss_mb_after_load"] = round(rss_mb(server.pid), 1)
         report["requests_before_rss"] = sum(r["requests"] for r in report["load"])
