@@ -1,0 +1,117 @@
+"""v1's recipe (configs/livec.yaml) inside 5-fold CV on the committed folds: the comparison
+model v2 needs before it can replace v1.
+
+    python scripts/v1_recipe_cv.py splits  [--out runs/v1-cv]        # one split.csv per fold
+    python scripts/v1_recipe_cv.py train   [--out runs/v1-cv] [--folds 0 1] [-- --set optim.epochs=16]
+    python scripts/v1_recipe_cv.py summary [--out runs/v1-cv]        # mean +- std over folds
+
+``splits`` writes ``<out>/fold<k>/split.csv`` (``path,split``: fold k is ``val``, the others
+``train``) from configs/splits/livec_5fold.csv, the folds every v2 figure uses. ``train``
+runs ``iqa train configs/livec.yaml`` once per fold with ``data.split.method=csv`` (hours
+per fold on 2 CPU cores; minutes on a GPU); a fold whose run is complete is skipped, and a
+killed one resumes. ``summary`` reads each run's ``metrics.csv`` and reports the
+**last** epoch's validation SRCC/PLCC: v1's trainer keeps ``best.pt`` by validation SRCC,
+and a figure chosen on the held-out fold would not be a cross-validation figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+FOLDS = Path("configs/splits/livec_5fold.csv")
+CONFIG = "configs/livec.yaml"
+
+
+def read_folds(path: Path) -> dict[str, int]:
+    with path.open() as f:
+        return {row["image"]: int(row["fold"]) for row in csv.DictReader(f)}
+
+
+def write_splits(folds: dict[str, int], out: Path) -> list[Path]:
+    paths = []
+    for k in sorted(set(folds.values())):
+        path = out / f"fold{k}" / "split.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "split"])
+            for image, fold in sorted(folds.items()):
+                writer.writerow([image, "val" if fold == k else "train"])
+        paths.append(path)
+    return paths
+
+
+def last_validation(run: Path) -> dict | None:
+    """The last ``val`` row of ``run/metrics.csv`` as floats, or None if there is none."""
+    path = run / "metrics.csv"
+    if not path.is_file():
+        return None
+    with path.open() as f:
+        rows = [r for r in csv.DictReader(f) if r["kind"] == "val"]
+    if not rows:
+        return None
+    last = rows[-1]
+    return {"epoch": int(last["epoch"]), "srcc": float(last["val_srcc"]),
+            "plcc": float(last["val_plcc"]), "n": int(last["val_n"])}
+
+
+def summarise(out: Path, folds: list[int]) -> dict:
+    per_fold = {}
+    for k in folds:
+        result = last_validation(out / f"fold{k}" / "run")
+        if result is not None:
+            per_fold[k] = result
+    summary: dict = {"folds": per_fold}
+    if len(per_fold) >= 2:
+        for metric in ("srcc", "plcc"):
+            values = [r[metric] for r in per_fold.values()]
+            summary[metric] = {"mean": statistics.mean(values), "std": statistics.stdev(values)}
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=("splits", "train", "summary"))
+    parser.add_argument("--out", type=Path, default=Path("runs/v1-cv"))
+    parser.add_argument("--fold-file", type=Path, default=FOLDS)
+    parser.add_argument("--folds", type=int, nargs="*", help="these folds only (default: all)")
+    args = parser.parse_args(argv)
+
+    folds = read_folds(args.fold_file)
+    chosen = args.folds if args.folds else sorted(set(folds.values()))
+    if args.action in ("splits", "train"):
+        for path in write_splits(folds, args.out):
+            print(f"wrote {path}")
+    if args.action == "train":
+        for k in chosen:
+            run = args.out / f"fold{k}" / "run"
+            if (run / "summary.json").is_file():
+                print(f"fold {k}: complete, skipped ({run})")
+                continue
+            split = (args.out / f"fold{k}" / "split.csv").resolve()
+            if (run / "last.pt").is_file():
+                command = ["iqa", "train", "--resume", str(run)]
+            else:
+                command = ["iqa", "train", CONFIG, "--output", str(run),
+                           "--set", "data.split.method=csv", "--set", f"data.split_csv={split}",
+                           *extra]
+            print("+", " ".join(command), flush=True)
+            subprocess.run(command, check=True)
+    if args.action in ("train", "summary"):
+        summary = summarise(args.out, chosen)
+        print(json.dumps(summary, indent=1))
+        (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""scripts/v1_recipe_cv.py: fold splits from the committed fold file, and a CV summary that
+reads the last epoch, never the best one (which was chosen on the held-out fold)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def cv():
+    spec = importlib.util.spec_from_file_location("v1_recipe_cv",
+                                                  REPO / "scripts" / "v1_recipe_cv.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_each_fold_holds_out_exactly_its_images(cv, tmp_path):
+    folds = {"a.jpg": 0, "b.jpg": 1, "c.jpg": 0, "d.jpg": 2}
+    paths = cv.write_splits(folds, tmp_path)
+    assert [p.relative_to(tmp_path).as_posix() for p in paths] == [
+        "fold0/split.csv", "fold1/split.csv", "fold2/split.csv"]
+    with paths[0].open() as f:
+        rows = {r["path"]: r["split"] for r in csv.DictReader(f)}
+    assert rows == {"a.jpg": "val", "b.jpg": "train", "c.jpg": "val", "d.jpg": "train"}
+
+
+def test_the_committed_folds_cover_livec_once(cv):
+    folds = cv.read_folds(REPO / cv.FOLDS)
+    assert len(folds) == 871 and set(folds.values()) == {0, 1, 2, 3, 4}
+
+
+def _metrics(run: Path, val_srcc: list[float]) -> None:
+    run.mkdir(parents=True)
+    with (run / "metrics.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, ["kind", "epoch", "step", "val_n", "val_srcc", "val_plcc"])
+        writer.writeheader()
+        for epoch, srcc in enumerate(val_srcc):
+            writer.writerow({"kind": "train", "epoch": epoch, "step": epoch * 10 + 5})
+            writer.writerow({"kind": "val", "epoch": epoch, "step": epoch * 10 + 10,
+                             "val_n": 170, "val_srcc": srcc, "val_plcc": srcc + 0.02})
+
+
+def test_summary_reads_the_last_epoch_not_the_best(cv, tmp_path):
+    _metrics(tmp_path / "fold0" / "run", [0.70, 0.85, 0.80])  # best 0.85 at epoch 1
+    _metrics(tmp_path / "fold1" / "run", [0.60, 0.74])
+    summary = cv.summarise(tmp_path, [0, 1, 2])  # fold 2 has not run: left out
+    assert summary["folds"][0] == {"epoch": 2, "srcc": 0.80, "plcc": pytest.approx(0.82),
+                                   "n": 170}
+    assert sorted(summary["folds"]) == [0, 1]
+    assert summary["srcc"]["mean"] == pytest.approx(0.77)
+    assert summary["srcc"]["std"] == pytest.approx(0.0424264, abs=1e-6)  # stdev(0.80, 0.74)
