@@ -194,6 +194,12 @@ def scored(browser, open_server, photos):
                              for p in photos] + [
         {"name": BROKEN_NAME, "mimeType": "image/jpeg", "buffer": BROKEN}])
     wait_until_settled(page, len(photos) + 1)
+    # The cards settle when the page has the answers; Playwright's response handler reads
+    # each body in another round trip to the browser, so it can lag: wait for every body.
+    for _ in range(600):
+        if len(log.check_bodies) >= len(photos) + 1:
+            break
+        page.wait_for_timeout(50)
     by_uri = {b["media"]["uri"]: b for b in log.check_bodies if b.get("status") == "success"}
     failures = [b for b in log.check_bodies if b.get("status") == "failure"]
     yield page, log, by_uri, failures
