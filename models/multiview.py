@@ -26,6 +26,7 @@ from torch import nn
 from iqa.inference.contract import FACTOR_NAMES, DetailView, Preprocessing
 
 from .backbones import backbone_preprocessing, create_backbone
+from .pooling import mean_std
 
 # Stages of an EfficientNet(-Lite) whose outputs are pooled: blocks[i] for i in
 # DEFAULT_STAGES, plus the 1x1 conv head ("head"). Stage 0 (16 channels at stride 2) only
@@ -58,13 +59,6 @@ class MultiLevelPooling(nn.Module):
         head = self.backbone.num_features if self.include_head else 0
         return 2 * (sum(chans) + head)
 
-    @staticmethod
-    def _mean_std(x: torch.Tensor) -> list[torch.Tensor]:
-        flat = x.flatten(2)
-        mean = flat.mean(-1)
-        std = (flat - mean.unsqueeze(-1)).pow(2).mean(-1).add(1e-6).sqrt()
-        return [mean, std]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = self.backbone
         x = b.bn1(b.conv_stem(x))
@@ -72,9 +66,9 @@ class MultiLevelPooling(nn.Module):
         for i, block in enumerate(b.blocks):
             x = block(x)
             if i in self.stages:
-                pooled += self._mean_std(x)
+                pooled += mean_std(x)
         if self.include_head:
-            pooled += self._mean_std(b.bn2(b.conv_head(x)))
+            pooled += mean_std(b.bn2(b.conv_head(x)))
         return torch.cat(pooled, dim=1)
 
 

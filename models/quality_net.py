@@ -3,6 +3,10 @@
 The score head predicts the quality score and the factor head the severity of each
 distortion family in ``FACTOR_NAMES``, both through a sigmoid into [0, 1].
 
+With ``pool_stages`` the heads also see the mean and standard deviation of chosen
+intermediate stages (model v2's multi-level pooling, trained end to end): low stages carry
+the texture and noise statistics that a global average of the last stage washes out.
+
 The backbone splits into a frozen front (stem and the first ``freeze_blocks`` stages),
 run by ``forward_frozen``, and a trainable rest, run by ``forward_trainable``. The trainer
 caches the frozen front's output so each epoch only runs the rest.
@@ -19,11 +23,18 @@ from iqa.inference.contract import FACTOR_NAMES, Preprocessing
 
 from .backbones import BackboneError, backbone_preprocessing, create_backbone
 from .heads import MLPHead
+from .pooling import mean_std
 
 # Attributes of timm's EfficientNet-style models (EfficientNet, -Lite, MixNet, ...) whose
 # forward_features is conv_stem -> bn1 -> blocks -> conv_head -> bn2. Only these can be
 # split into a frozen front and a trainable rest.
 _SPLITTABLE = ("conv_stem", "bn1", "blocks", "conv_head", "bn2")
+
+
+def _out_channels(block: nn.Module) -> int:
+    """Channels a backbone stage puts out: its last convolution's (the block types differ
+    between stages, e.g. DepthwiseSeparableConv ends in conv_pw, InvertedResidual in conv_pwl)."""
+    return [m for m in block.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
 
 
 class QualityNet(nn.Module):
@@ -36,6 +47,7 @@ class QualityNet(nn.Module):
         head_hidden: int = 256,
         dropout: float = 0.1,
         freeze_blocks: int = 0,
+        pool_stages: tuple[int, ...] = (),
         preprocessing: Preprocessing | None = None,
     ):
         super().__init__()
@@ -51,8 +63,25 @@ class QualityNet(nn.Module):
             raise BackboneError(f"freeze_blocks must be in [0, {num_stages}], got {freeze_blocks}")
         self.freeze_blocks = freeze_blocks
         self.num_factors = num_factors
+        self.pool_stages = tuple(sorted({int(s) for s in pool_stages}))
+        # The cached front's output (blocks[freeze_blocks - 1]) is the lowest stage whose
+        # map the trainable part sees; anything below it would need a second cache.
+        lowest = max(freeze_blocks - 1, 0)
+        if self.pool_stages and not self.splittable:
+            raise BackboneError(f"pool_stages needs an EfficientNet-style backbone; "
+                                f"{type(backbone).__name__} is not one")
+        bad = [s for s in self.pool_stages if not lowest <= s < num_stages]
+        if bad:
+            raise BackboneError(f"pool_stages must be in [{lowest}, {num_stages - 1}] with "
+                                f"freeze_blocks={freeze_blocks}, got {bad}")
         # Width of forward_head(pre_logits=True); differs from num_features in e.g. MobileNetV3.
         features = getattr(backbone, "head_hidden_size", None) or backbone.num_features
+        # Stages differ in scale by orders of magnitude; each pooled level is normalised on
+        # its own so that no stage drowns the others in the first linear layer.
+        self.level_norms = nn.ModuleList(
+            nn.LayerNorm(2 * _out_channels(backbone.blocks[s])) for s in self.pool_stages
+        )
+        features += sum(norm.normalized_shape[0] for norm in self.level_norms)
         self.score_head = MLPHead(features, head_hidden, 1, dropout)
         self.factor_head = MLPHead(features, head_hidden, num_factors, dropout) if num_factors else None
         self.preprocessing = preprocessing or backbone_preprocessing(backbone)
@@ -101,19 +130,38 @@ class QualityNet(nn.Module):
 
     def forward_trainable(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The rest of the network on ``forward_frozen`` output: (score (N,), factors (N, K))."""
-        if self.splittable:
+        levels: list[torch.Tensor] = []
+        if self.pool_stages:
+            x = self._blocks_pooling(feats, levels)
+        elif self.splittable:
             x = self.trainable_modules()(feats)
         else:
             x = self.backbone.forward_features(feats)
         # timm's own pooling: global average for CNNs at any input size, token pooling
         # for transformers.
         pooled = self.backbone.forward_head(x, pre_logits=True)
+        if levels:
+            pooled = torch.cat([*levels, pooled], dim=1)
         score = self.score_head(pooled).squeeze(-1)
         if self.factor_head is None:
             factors = pooled.new_zeros((pooled.shape[0], 0))
         else:
             factors = self.factor_head(pooled)
         return score, factors
+
+    def _blocks_pooling(self, feats: torch.Tensor, levels: list[torch.Tensor]) -> torch.Tensor:
+        """trainable_modules() stage by stage, appending each pooled stage to ``levels``."""
+        b = self.backbone
+        x = feats if self.freeze_blocks else b.bn1(b.conv_stem(feats))
+        norms = dict(zip(self.pool_stages, self.level_norms))
+        first = self.freeze_blocks
+        if first - 1 in norms:
+            levels.append(norms[first - 1](torch.cat(mean_std(x), dim=1)))
+        for i in range(first, len(b.blocks)):
+            x = b.blocks[i](x)
+            if i in norms:
+                levels.append(norms[i](torch.cat(mean_std(x), dim=1)))
+        return b.bn2(b.conv_head(x))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # No no_grad here: frozen weights need no gradient anyway, and keeping the graph
@@ -127,7 +175,8 @@ class QualityNet(nn.Module):
 
         Norm weights and biases (every tensor with fewer than 2 dims) get no weight decay.
         """
-        heads = [self.score_head] + ([self.factor_head] if self.factor_head is not None else [])
+        heads = [self.score_head, *self.level_norms]
+        heads += [self.factor_head] if self.factor_head is not None else []
         sections = {
             "head": (lr, [p for h in heads for p in h.parameters()]),
             "backbone": (lr * backbone_lr_mult, list(self.backbone.parameters())),
@@ -151,9 +200,12 @@ def create_model(
     head_hidden: int = 256,
     dropout: float = 0.1,
     freeze_blocks: int = 0,
+    pool_stages: tuple[int, ...] | list[int] = (),
 ) -> QualityNet:
     """Build a QualityNet. ``pretrained``: True = bundled offline ImageNet weights
     (see ``BACKBONES``), False = random init, or a path to a .pth/.safetensors state_dict.
+    ``pool_stages``: blocks whose mean/std the heads see besides the last stage (empty =
+    v1's single global average).
     """
     model_kwargs = {
         "backbone": backbone,
@@ -162,6 +214,9 @@ def create_model(
         "dropout": dropout,
         "freeze_blocks": freeze_blocks,
     }
+    if pool_stages:
+        # Only when set, so v1's checkpoints and ONNX metadata keep their exact kwargs.
+        model_kwargs["pool_stages"] = [int(s) for s in pool_stages]
     return QualityNet(
         create_backbone(backbone, pretrained=pretrained),
         model_kwargs=model_kwargs,
@@ -169,4 +224,5 @@ def create_model(
         head_hidden=head_hidden,
         dropout=dropout,
         freeze_blocks=freeze_blocks,
+        pool_stages=tuple(pool_stages),
     )

@@ -3,11 +3,13 @@ model v2 needs before it can replace v1.
 
     python scripts/v1_recipe_cv.py splits  [--out runs/v1-cv]        # one split.csv per fold
     python scripts/v1_recipe_cv.py train   [--out runs/v1-cv] [--folds 0 1] [-- --set optim.epochs=16]
+    python scripts/v1_recipe_cv.py train --config configs/livec_levels.yaml --out runs/levels-cv
     python scripts/v1_recipe_cv.py summary [--out runs/v1-cv]        # mean +- std over folds
 
 ``splits`` writes ``<out>/fold<k>/split.csv`` (``path,split``: fold k is ``val``, the others
 ``train``) from configs/splits/livec_5fold.csv, the folds every v2 figure uses. ``train``
-runs ``iqa train configs/livec.yaml`` once per fold with ``data.split.method=csv`` (hours
+runs ``iqa train configs/livec.yaml`` (or ``--config``: any recipe of the same trainer, such
+as the v2 candidate configs/livec_levels.yaml) once per fold with ``data.split.method=csv`` (hours
 per fold on 2 CPU cores; minutes on a GPU); a fold whose run is complete is skipped, and a
 killed one resumes. ``summary`` reads each run's ``metrics.csv`` and reports the
 **last** epoch's validation SRCC/PLCC: v1's trainer keeps ``best.pt`` by validation SRCC,
@@ -83,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=("splits", "train", "summary"))
     parser.add_argument("--out", type=Path, default=Path("runs/v1-cv"))
     parser.add_argument("--fold-file", type=Path, default=FOLDS)
+    parser.add_argument("--config", default=CONFIG, help=f"recipe to train (default: {CONFIG})")
     parser.add_argument("--folds", type=int, nargs="*", help="these folds only (default: all)")
     args = parser.parse_args(argv)
 
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             if (run / "last.pt").is_file():
                 command = ["iqa", "train", "--resume", str(run)]
             else:
-                command = ["iqa", "train", CONFIG, "--output", str(run),
+                command = ["iqa", "train", args.config, "--output", str(run),
                            "--set", "data.split.method=csv", "--set", f"data.split_csv={split}",
                            *extra]
             print("+", " ".join(command), flush=True)

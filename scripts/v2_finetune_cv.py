@@ -42,6 +42,7 @@ def front_features(model, records, threads: int):
     from iqa.inference.contract import DETAIL_INPUT, INPUT_NAME
     from iqa.inference.decode import decode_image
     from iqa.inference.preprocess import to_model_inputs
+    from iqa.models.pooling import mean_std
 
     torch.set_num_threads(threads)
     b = model.pooling.backbone
@@ -57,7 +58,7 @@ def front_features(model, records, threads: int):
                 for i, block in enumerate(b.blocks[:FRONT_BLOCKS]):
                     x = block(x)
                     if i in stages:
-                        pooled += model.pooling._mean_std(x)
+                        pooled += mean_std(x)
                 stats[view].append(torch.cat(pooled, 1)[0].numpy())
                 maps[view].append(x[0].half().numpy())
     return ({v: np.stack(s) for v, s in stats.items()},
@@ -70,13 +71,15 @@ class Tail:
     def __init__(self, model):
         import torch
 
+        from iqa.models.pooling import mean_std
+
         b = model.pooling.backbone
         self.blocks = torch.nn.ModuleList(copy.deepcopy(list(b.blocks[FRONT_BLOCKS:])))
         self.conv_head = copy.deepcopy(b.conv_head)
         self.bn2 = copy.deepcopy(b.bn2)
         self.stages = [s - FRONT_BLOCKS for s in model.pooling.stages if s >= FRONT_BLOCKS]
         self.include_head = model.pooling.include_head
-        self.mean_std = model.pooling._mean_std
+        self.mean_std = mean_std
 
     def modules(self):
         return [self.blocks, self.conv_head, self.bn2]

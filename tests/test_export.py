@@ -137,6 +137,25 @@ def test_quality_model_scores_like_torch(model, onnx_path, photo):
     assert np.allclose(list(result.factors.values()), factors[0].numpy(), atol=1e-4)
 
 
+def test_multi_level_checkpoint_exports_and_scores_like_torch(tmp_path, photo):
+    # A pool_stages model goes through the same checkpoint -> ONNX path as v1's, and its
+    # hand-written std pooling must survive the exporter.
+    from iqa.training.export import model_from_checkpoint
+
+    torch.manual_seed(1)
+    net = create_model(pretrained=False, freeze_blocks=4, head_hidden=16, pool_stages=[3, 5])
+    net.preprocessing = replace(net.preprocessing, shorter_side=96, max_longer_side=192)
+    checkpoint = {"model": net.state_dict(), "model_kwargs": net.model_kwargs,
+                  "preprocessing": json.loads(net.preprocessing.to_json())}
+    rebuilt = model_from_checkpoint(checkpoint)
+    path = export_onnx(rebuilt, tmp_path / "levels.onnx")
+    assert check_parity(rebuilt, path).max_abs_score < 1e-4
+    x = torch.from_numpy(to_model_input(Image.fromarray(photo), rebuilt.preprocessing))[None]
+    with torch.no_grad():
+        expected = float(net.eval()(x)[0])
+    assert QualityModel(path).score(photo).score == pytest.approx(expected, abs=1e-4)
+
+
 def test_model_without_factor_head_exports_score_only(tmp_path):
     net = create_model(pretrained=False, num_factors=0, head_hidden=16).eval()
     path = export_onnx(net, tmp_path / "score_only.onnx")

@@ -190,3 +190,73 @@ def test_generic_timm_backbone_works_unsplit():
     assert not model.splittable
     score, factors = model(torch.randn(2, 3, 64, 80))
     assert score.shape == (2,) and factors.shape == (2, K)
+
+
+# ----------------------------------------------------------- multi-level pooling
+
+
+@pytest.fixture(scope="module")
+def lite0_levels():
+    torch.manual_seed(0)
+    return create_model(pretrained=False, freeze_blocks=4, pool_stages=[3, 4, 5, 6]).eval()
+
+
+def test_pool_stages_widen_the_heads_by_two_stats_per_channel(lite0_levels, lite0_random):
+    # Lite0's blocks 3-6 end in 80, 112, 192 and 320 channels: mean and std of each.
+    extra = 2 * (80 + 112 + 192 + 320)
+    assert lite0_levels.score_head.fc1.in_features == lite0_random.score_head.fc1.in_features + extra
+
+
+def test_pool_stages_split_forward_equals_full_forward(lite0_levels):
+    x = torch.randn(2, 3, 96, 128)
+    score, factors = lite0_levels(x)
+    score_split, factors_split = lite0_levels.forward_trainable(lite0_levels.forward_frozen(x))
+    assert torch.equal(score, score_split) and torch.equal(factors, factors_split)
+
+
+def test_a_low_stage_changes_the_score_through_its_statistics(lite0_levels):
+    # Stage 3 is the cached front's own output: its level norm must reach the heads (a
+    # stage that was pooled but dropped would leave the score unchanged).
+    x = lite0_levels.forward_frozen(torch.randn(1, 3, 96, 128))
+    before = lite0_levels.forward_trainable(x)[0]
+    with torch.no_grad():
+        lite0_levels.level_norms[0].bias.add_(1.0)
+    try:
+        after = lite0_levels.forward_trainable(x)[0]
+    finally:
+        with torch.no_grad():
+            lite0_levels.level_norms[0].bias.sub_(1.0)
+    assert not torch.allclose(before, after)
+
+
+def test_pool_stages_train_with_the_heads(lite0_levels):
+    groups = {g["name"]: g for g in lite0_levels.param_groups(1e-3)}
+    norm_params = {id(p) for p in lite0_levels.level_norms.parameters()}
+    assert norm_params <= {id(p) for g in ("head", "head_no_decay") for p in groups[g]["params"]}
+    model = create_model(pretrained=False, freeze_blocks=4, pool_stages=[3]).train()
+    score, factors = model(torch.randn(2, 3, 64, 64))
+    (score.sum() + factors.sum()).backward()
+    assert model.level_norms[0].weight.grad is not None
+
+
+def test_pool_stages_are_validated():
+    with pytest.raises(BackboneError, match=r"pool_stages must be in \[3, 6\]"):
+        create_model(pretrained=False, freeze_blocks=4, pool_stages=[2])
+    with pytest.raises(BackboneError, match=r"pool_stages must be in \[0, 6\]"):
+        create_model(pretrained=False, freeze_blocks=0, pool_stages=[7])
+    with pytest.raises(BackboneError, match="EfficientNet-style"):
+        create_model("resnet10t", pretrained=False, pool_stages=[1])
+
+
+def test_pool_stages_with_nothing_frozen_pool_from_the_stem_on():
+    model = create_model(pretrained=False, freeze_blocks=0, pool_stages=[0, 6]).eval()
+    x = torch.randn(1, 3, 64, 64)
+    assert torch.equal(model(x)[0], model.forward_trainable(model.forward_frozen(x))[0])
+
+
+def test_pool_stages_round_trip_through_model_kwargs(lite0_levels, lite0_random):
+    assert "pool_stages" not in lite0_random.model_kwargs  # v1's checkpoints keep their kwargs
+    clone = create_model(**lite0_levels.model_kwargs, pretrained=False).eval()
+    clone.load_state_dict(lite0_levels.state_dict(), strict=True)
+    x = torch.randn(1, 3, 64, 96)
+    assert torch.equal(clone(x)[0], lite0_levels(x)[0])

@@ -56,3 +56,19 @@ def test_summary_reads_the_last_epoch_not_the_best(cv, tmp_path):
     assert sorted(summary["folds"]) == [0, 1]
     assert summary["srcc"]["mean"] == pytest.approx(0.77)
     assert summary["srcc"]["std"] == pytest.approx(0.0424264, abs=1e-6)  # stdev(0.80, 0.74)
+
+
+def test_train_runs_the_chosen_recipe_on_each_fold_and_resumes(cv, tmp_path, monkeypatch):
+    commands = []
+    monkeypatch.setattr(cv.subprocess, "run", lambda command, check: commands.append(command))
+    folds = tmp_path / "folds.csv"
+    folds.write_text("image,fold\na.jpg,0\nb.jpg,1\n")
+    (tmp_path / "out" / "fold1" / "run").mkdir(parents=True)
+    (tmp_path / "out" / "fold1" / "run" / "last.pt").write_bytes(b"")  # a killed run
+    assert cv.main(["train", "--fold-file", str(folds), "--out", str(tmp_path / "out"),
+                    "--config", "configs/livec_levels.yaml", "--", "--set", "seed=3"]) == 0
+    fresh, resumed = commands
+    assert fresh[:3] == ["iqa", "train", "configs/livec_levels.yaml"]
+    assert f"data.split_csv={(tmp_path / 'out' / 'fold0' / 'split.csv').resolve()}" in fresh
+    assert fresh[-2:] == ["--set", "seed=3"]
+    assert resumed == ["iqa", "train", "--resume", str(tmp_path / "out" / "fold1" / "run")]

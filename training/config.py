@@ -77,6 +77,9 @@ DEFAULTS: dict[str, Any] = {
         "head_hidden": 256,
         "dropout": 0.1,
         "freeze_blocks": 4,
+        # Blocks whose mean/std the heads also see (multi-level pooling); [] = v1's single
+        # global average of the last stage. The lowest allowed is freeze_blocks - 1.
+        "pool_stages": [],
     },
     # Overrides of the model's Preprocessing (iqa.inference.contract); the mean/std come
     # from the backbone unless set here.

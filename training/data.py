@@ -463,8 +463,11 @@ class FeatureCache:
         self.prep = prep
         self.batch_size = batch_size
         self.stride = frozen_stride(model, prep)
+        # pool_stages changes only what runs after the front, so runs that differ in it
+        # share one cache (and v1's fingerprints, which never had the key, stay put).
+        kwargs = {k: v for k, v in model.model_kwargs.items() if k != "pool_stages"}
         identity = {
-            "model_kwargs": model.model_kwargs,
+            "model_kwargs": kwargs,
             "frozen_weights": weights_digest(model.frozen_modules()),
             "preprocessing": json.loads(prep.to_json()),
             "format": 1,

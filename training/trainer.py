@@ -348,7 +348,7 @@ class Trainer:
         self.model = create_model(
             backbone=m["backbone"], pretrained=m["pretrained"], num_factors=len(FACTOR_NAMES),
             head_hidden=int(m["head_hidden"]), dropout=float(m["dropout"]),
-            freeze_blocks=int(m["freeze_blocks"]),
+            freeze_blocks=int(m["freeze_blocks"]), pool_stages=tuple(m["pool_stages"] or ()),
         ).to(self.device)
         self.prep = preprocessing_for(self.model, cfg)
         self.data = prepare_data(cfg, self.run_dir, info, resuming=self.resume is not None)
