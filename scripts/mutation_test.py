@@ -69,11 +69,17 @@ TARGETS: dict[str, Target] = {
         "training/trainer.py",
         ("tests/test_trainer_selection.py", "tests/test_train_resume.py",
          "tests/test_train_units.py"),
-        functions=("xǁTrainerǁ_state", "xǁTrainerǁ_restore", "xǁTrainerǁfit",
-                   "xǁMetricsLogǁ_truncate"),
+        functions=("xǁTrainerǁ_state", "xǁTrainerǁ_restore", "xǁTrainerǁfit"),
         # fit is the whole loop; the selection and resume lines are the ones in scope.
         line_filters={"xǁTrainerǁfit": r"best|improved|described|history|resume|_restore"
                                         r"|in_epoch|finished|next_epoch|every|LAST|BEST"},
+        torch=True,
+    ),
+    "run_log": Target(
+        "training/run_log.py",
+        ("tests/test_trainer_selection.py", "tests/test_train_resume.py",
+         "tests/test_train_units.py"),
+        functions=("xǁMetricsLogǁ_truncate",),
         torch=True,
     ),
 }

@@ -11,7 +11,7 @@ import sys
 import torch
 from test_train_fakes import CONFIGS, REPO, cli_args, fake_root, tiny_overrides  # noqa: F401
 
-from iqa.training.data import parameters_digest
+from iqa.training.front_cache import parameters_digest
 
 
 def free_port() -> int:

@@ -18,7 +18,6 @@ from iqa.training import losses
 from iqa.training.config import DATA_ROOT_ENV, ConfigError, build_config
 from iqa.training.data import (
     COMPOSE,
-    FeatureCache,
     FeatureSource,
     ImageSource,
     ImageSpec,
@@ -29,7 +28,9 @@ from iqa.training.data import (
     render,
     window,
 )
-from iqa.training.trainer import MetricsLog, lr_factor
+from iqa.training.front_cache import FeatureCache
+from iqa.training.run_log import MetricsLog
+from iqa.training.trainer import lr_factor
 
 TINY_PREP = Preprocessing(mean=(0.5,) * 3, std=(0.5,) * 3, shorter_side=64, max_longer_side=128)
 

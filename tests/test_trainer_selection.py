@@ -300,7 +300,7 @@ def test_resume_checks_the_data_and_reseeds_another_world_size(
 def test_metrics_log_resume_drops_a_validation_the_checkpoint_never_saw(tmp_path):
     # Killed after epoch 1's validation row was written but before last.pt was: the
     # resume starts inside epoch 1 again, so that row goes, and epoch 0's stays.
-    from iqa.training.trainer import MetricsLog
+    from iqa.training.run_log import MetricsLog
 
     log = MetricsLog(tmp_path, resume_step=None, resume_epoch=None, tensorboard=False)
     for step in range(1, 9):

@@ -1,4 +1,4 @@
-"""What each training step sees, where its tensors come from, and the frozen-feature cache.
+"""What each training step sees and where its tensors come from.
 
 Three layers, each a pure function of its inputs so a resumed or distributed run sees the
 exact same data:
@@ -11,7 +11,8 @@ exact same data:
    only, so a resumed run skips the consumed steps and ranks shard the same list.
 3. Sources that load a spec as a tensor: ``ImageSource`` renders and normalises pixels
    (the on-the-fly path), ``FeatureSource`` reads the frozen front's output from the
-   ``FeatureCache`` (the default CPU path). ``StepDataset`` crops and collates a step.
+   ``FeatureCache`` (``iqa.training.front_cache``, the default CPU path).
+   ``StepDataset`` crops and collates a step.
 
 Crops are placed on a grid of the frozen front's stride, so a crop of the cached feature
 map and a crop of the pixels followed by the frozen front cover the same window.
@@ -20,15 +21,14 @@ map and a crop of the pixels followed by the frozen front cover the same window.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
-import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ from torch.utils.data import Dataset
 from iqa.inference.contract import FACTOR_NAMES, Preprocessing
 from iqa.inference.preprocess import decode_for_model as inference_decode
 from iqa.inference.preprocess import normalise, resize_for_model
+
+if TYPE_CHECKING:  # front_cache imports this module
+    from .front_cache import FeatureCache
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 COMPOSE = "compose"
@@ -396,187 +399,7 @@ def batch_to(batch: dict, device: torch.device) -> dict:
     return out
 
 
-# --------------------------------------------------------------------------- feature cache
-
-
-def weights_digest(module: torch.nn.Module) -> str:
-    """sha256 of a module's parameters and buffers (names, shapes, bytes)."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        if name.endswith("num_batches_tracked"):
-            continue
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
-        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
-    return h.hexdigest()
-
-
-def parameters_digest(module: torch.nn.Module) -> str:
-    """sha256 of a module's parameters only: equal on every data-parallel replica (buffers
-    such as BatchNorm statistics are per-rank until DDP broadcasts them)."""
-    h = hashlib.sha256()
-    for name, p in module.named_parameters():
-        t = p.detach().float().cpu().contiguous()
-        h.update(name.encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
-
-
-def frozen_stride(model, prep: Preprocessing) -> int:
-    """Pixels per cell of the frozen front's output (1 when nothing is frozen)."""
-    side = 2 * prep.size_multiple
-    feats = model.forward_frozen(torch.zeros(1, 3, side, side, device=_device_of(model)))
-    return max(1, side // feats.shape[-1])
-
-
-def _device_of(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-@dataclass
-class CacheStats:
-    total: int = 0
-    built: int = 0
-    seconds: float = 0.0
-    render_seconds: float = 0.0
-    forward_seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def seconds_per_image(self) -> float:
-        return self.seconds / self.built if self.built else 0.0
-
-
-class FeatureCache:
-    """The frozen front's output per ImageSpec, as fp16 .npz files on disk.
-
-    Entries live under ``root/<fingerprint>/``; the fingerprint hashes the backbone, the
-    number of frozen blocks, the frozen weights and the preprocessing, and each entry's
-    key hashes the spec and the file's size and modification time. Any change to what the
-    features depend on therefore lands in a fresh location instead of being read stale.
-    Writes are atomic (temp file + os.replace), so concurrent ranks and killed runs never
-    leave a half-written entry.
-    """
-
-    def __init__(self, root: str | os.PathLike, model, prep: Preprocessing, batch_size: int = 8):
-        self.model = model
-        self.prep = prep
-        self.batch_size = batch_size
-        self.stride = frozen_stride(model, prep)
-        # pool_stages changes only what runs after the front, so runs that differ in it
-        # share one cache (and v1's fingerprints, which never had the key, stay put).
-        kwargs = {k: v for k, v in model.model_kwargs.items() if k != "pool_stages"}
-        identity = {
-            "model_kwargs": kwargs,
-            "frozen_weights": weights_digest(model.frozen_modules()),
-            "preprocessing": json.loads(prep.to_json()),
-            "format": 1,
-        }
-        self.fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-        self.dir = Path(root) / self.fingerprint[:16]
-        self.dir.mkdir(parents=True, exist_ok=True)
-        info = self.dir / "cache_info.json"
-        if not info.exists():
-            _atomic_write_bytes(info, json.dumps(identity, indent=2, sort_keys=True).encode())
-
-    def key(self, spec: ImageSpec) -> str:
-        stat = Path(spec.path).stat()
-        payload = json.dumps({**asdict(spec), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns},
-                             sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()
-
-    def path(self, spec: ImageSpec) -> Path:
-        key = self.key(spec)
-        return self.dir / key[:2] / f"{key}.npz"
-
-    def load(self, spec: ImageSpec) -> tuple[np.ndarray, np.ndarray]:
-        path = self.path(spec)
-        try:
-            with np.load(path) as data:
-                return data["feats"], data["labels"]
-        except FileNotFoundError as exc:
-            raise RuntimeError(f"feature cache has no entry for {spec} ({path}); "
-                               "build it first (FeatureCache.build)") from exc
-
-    def missing(self, specs: Iterable[ImageSpec]) -> list[ImageSpec]:
-        unique = list(dict.fromkeys(specs))
-        return [s for s in unique if not self.path(s).exists()]
-
-    def build(self, specs: Iterable[ImageSpec], *, rank: int = 0, world_size: int = 1,
-              progress: bool = True, desc: str = "caching features") -> CacheStats:
-        """Compute and store every missing entry; each rank builds every world_size-th."""
-        specs = list(dict.fromkeys(specs))
-        # Shard the full list, then skip what exists: filtering first would make the shards
-        # depend on how far the other ranks have already got.
-        todo = sorted(self.missing(specs[rank::world_size]), key=self._size_key)
-        stats = CacheStats(total=len(specs))
-        if not todo:
-            return stats
-        from tqdm import tqdm
-
-        device = _device_of(self.model)
-        was_training = self.model.training
-        self.model.eval()
-        start = time.perf_counter()
-        bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress, leave=False)
-        buffer: list[tuple[ImageSpec, np.ndarray, np.ndarray]] = []
-
-        def flush():
-            t0 = time.perf_counter()
-            tensors = [torch.from_numpy(normalise(rgb, self.prep)) for _, rgb, _ in buffer]
-            for positions, x in group_by_shape(tensors):
-                feats = self.model.forward_frozen(x.to(device)).float().cpu().numpy()
-                for j, i in enumerate(positions.tolist()):
-                    spec, _, labels = buffer[i]
-                    self._write(spec, feats[j].astype(np.float16), labels)
-            stats.forward_seconds += time.perf_counter() - t0
-            stats.built += len(buffer)
-            bar.update(len(buffer))
-            buffer.clear()
-
-        def timed_render(spec):
-            t0 = time.perf_counter()
-            rgb, labels = render(spec, self.prep)
-            return spec, rgb, labels, time.perf_counter() - t0
-
-        try:
-            for spec, rgb, labels, seconds in prefetch(timed_render, todo, ahead=2 * self.batch_size):
-                stats.render_seconds += seconds
-                buffer.append((spec, rgb, labels))
-                if len(buffer) >= self.batch_size:
-                    flush()
-            if buffer:
-                flush()
-        finally:
-            bar.close()
-            self.model.train(was_training)
-        stats.seconds = time.perf_counter() - start
-        return stats
-
-    def _size_key(self, spec: ImageSpec) -> tuple[int, int]:
-        """The model-resolution size, from the file header: sorting by it fills batches with
-        equal shapes, and each new shape costs the CPU kernels a one-off set-up."""
-        from PIL import Image
-
-        try:
-            with Image.open(spec.path) as image:
-                return self.prep.target_size(*image.size)
-        except (OSError, ValueError):
-            return (0, 0)  # unreadable: render() reports it with the file's name
-
-    def _write(self, spec: ImageSpec, feats: np.ndarray, labels: np.ndarray) -> None:
-        path = self.path(spec)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as handle:
-            np.savez(handle, feats=feats, labels=labels.astype(np.float32))
-        os.replace(tmp, path)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+# --------------------------------------------------------------------------- loading
 
 
 def prefetch(fn: Callable, items: Sequence, ahead: int = 8, workers: int = 2) -> Iterator:

@@ -1,4 +1,5 @@
-"""Figures for evaluation reports: predictions against MOS with the fitted logistic.
+"""Figures: predictions against MOS with the fitted logistic (evaluation reports) and a
+run's training curves.
 
 Uses matplotlib's object API with the Agg canvas directly (no pyplot), so it works
 headless and never touches the global backend of a process that imported it.
@@ -6,8 +7,10 @@ headless and never touches the global backend of a process that imported it.
 
 from __future__ import annotations
 
+import csv
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -72,3 +75,38 @@ def scatter_plot(
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize=8, framealpha=0.9)
     fig.savefig(os.fspath(out_path), dpi=dpi)
+
+
+def plot_curves(csv_path: Path, png_path: Path) -> None:
+    """Training loss per step (with a running mean) and validation SRCC/PLCC per epoch."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    with open(csv_path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    train = [(int(r["step"]), float(r["loss"])) for r in rows if r["kind"] == "train"]
+    val = [r for r in rows if r["kind"] == "val" and r["val_srcc"]]
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_loss, ax_val = fig.subplots(1, 2)
+    if train:
+        steps, losses = map(np.asarray, zip(*train, strict=True))
+        ax_loss.plot(steps, losses, lw=0.6, alpha=0.4, color="tab:blue", label="loss")
+        width = max(1, min(50, len(losses) // 10))
+        running = np.convolve(losses, np.ones(width) / width, mode="valid")
+        ax_loss.plot(steps[width - 1:], running, lw=1.5, color="tab:blue",
+                     label=f"running mean ({width} steps)")
+        ax_loss.legend(fontsize=8)
+    ax_loss.set(title="training loss", xlabel="step")
+    ax_loss.grid(True, alpha=0.3)
+    if val:
+        epochs = [int(r["epoch"]) + 1 for r in val]
+        for key, color in (("srcc", "tab:red"), ("plcc", "tab:green")):
+            ax_val.plot(epochs, [float(r[f"val_{key}"]) for r in val], marker="o", color=color,
+                        label=key.upper())
+        ax_val.legend(fontsize=8)
+    ax_val.set(title="validation", xlabel="epoch")
+    ax_val.grid(True, alpha=0.3)
+    tmp = png_path.with_name(f".{png_path.name}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, png_path)

@@ -1,4 +1,4 @@
-"""The training loop: data preparation, optimisation, validation, logging, checkpoints.
+"""The training loop: optimisation, validation and checkpoints of one run.
 
 One ``Trainer`` runs one run directory. Everything it does is a function of the resolved
 config and the checkpoint it resumes from: the epoch's data order comes from
@@ -9,277 +9,46 @@ was never interrupted.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from iqa.inference.contract import FACTOR_NAMES, Preprocessing
+from iqa.inference.contract import FACTOR_NAMES
 
 from . import checkpoint as ckpt
 from .config import ConfigError
 from .data import (
-    FeatureCache,
     FeatureSource,
     ImageSource,
     ImageSpec,
     StepDataset,
-    SyntheticGroup,
     batch_to,
-    build_synthetic_pool,
-    frozen_stride,
     group_by_shape,
-    list_photos,
-    parameters_digest,
     plan_epoch,
     prefetch,
     steps_per_epoch,
 )
 from .distributed import DistInfo, all_gather_object, barrier, broadcast_object
+from .front_cache import FeatureCache, frozen_stride, parameters_digest
 from .losses import LossWeights, training_loss
+from .plots import plot_curves
+from .run_data import prepare_data, preprocessing_for
+from .run_log import VAL_KEYS, MetricsLog
 
 # Test hook: stop (as if killed) right after this many global steps.
 STOP_AFTER_ENV = "IQA_TRAIN_STOP_AFTER_STEPS"
 
-DATASET_NOTES = {
-    "livec": (
-        "LIVE In the Wild Image Quality Challenge Database (D. Ghadiyaram and A. C. Bovik, "
-        "LIVE, The University of Texas at Austin), used under the LIVE copyright notice "
-        "(README-LIVE.txt of the release, which must accompany any copy)"
-    ),
-    "koniq10k": "KonIQ-10k (Hosu, Lin, Sziranyi and Saupe, University of Konstanz), research use",
-    "spaq": "SPAQ smartphone photo quality database (Fang et al., CVPR 2020)",
-    "kadid10k": "KADID-10k (Lin, Hosu and Saupe, 2019), synthetically distorted images",
-    "csv": "a custom CSV of (image, MOS)",
-}
-
 
 class StopRequested(Exception):
     """Raised by the STOP_AFTER_ENV test hook: the run stops as if it had been killed."""
-
-
-# --------------------------------------------------------------------------- data
-
-
-@dataclass
-class TrainData:
-    train: list
-    val: list
-    pool: list[SyntheticGroup]
-    photos: list[Path]
-    description: str
-
-
-def prepare_data(cfg: dict, run_dir: Path, info: DistInfo, resuming: bool) -> TrainData:
-    """Records of the train and val splits, and the synthetic pool.
-
-    The split is saved as ``split.csv`` in the run directory; a resumed run reads it back
-    instead of recomputing it.
-    """
-    from iqa.training.datasets import load_dataset
-    from iqa.training.datasets.splits import apply_split, random_split, save_split_csv
-
-    data = cfg["data"]
-    split = data["split"]
-    train, val = [], []
-    if data["dataset"]:
-        if not data["root"]:
-            raise ConfigError("data.dataset is set but data.root is not")
-        records = load_dataset(data["dataset"], data["root"], **(data["options"] or {}))
-        method = split["method"]
-        split_file = run_dir / "split.csv"
-        if method == "none":
-            records = [dataclasses.replace(r, split=split["train"]) for r in records]
-        elif method == "official":
-            pass
-        elif resuming and split_file.is_file():
-            records = apply_split(records, split_file)
-        elif method == "random":
-            fraction = float(split["val_fraction"])
-            ratios = {split["train"]: 1.0 - fraction, split["val"]: fraction}
-            records = random_split(records, ratios, seed=int(split["seed"]))
-        elif method == "csv":
-            records = apply_split(records, data["split_csv"])
-        train = [r for r in records if r.split == split["train"]]
-        val = [r for r in records if r.split == split["val"]] if method != "none" else []
-        if not train:
-            raise ConfigError(f"no record of {data['dataset']} is in split '{split['train']}'")
-        if info.is_main and not (resuming and split_file.is_file()):
-            save_split_csv([r for r in records if r.split is not None], split_file)
-        if data["max_train_images"]:
-            train = train[: int(data["max_train_images"])]
-        if data["max_val_images"]:
-            val = val[: int(data["max_val_images"])]
-    pool, photos = [], []
-    syn = cfg["synthetic"]
-    if syn["enabled"]:
-        photos = list_photos(syn["root"], syn["max_photos"], int(syn["seed"]), syn.get("subsets"))
-        pool = build_synthetic_pool(photos, syn["root"], syn)
-    return TrainData(train, val, pool, photos, describe_data(cfg, train, val, photos, pool))
-
-
-def describe_data(cfg: dict, train: list, val: list, photos: list, pool: list) -> str:
-    """The human-readable ``training_data`` metadata string carried into the ONNX model."""
-    data, syn = cfg["data"], cfg["synthetic"]
-    parts = []
-    if data["dataset"]:
-        name = data["dataset"]
-        method = data["split"]["method"]
-        how = {
-            "official": "the official split",
-            "random": f"a seeded random split (seed {data['split']['seed']}, "
-                      f"{1 - float(data['split']['val_fraction']):.0%}/"
-                      f"{float(data['split']['val_fraction']):.0%}, saved as split.csv)",
-            "csv": "the split in split.csv",
-            "none": "all images, no validation split",
-        }[method]
-        parts.append(
-            f"{name}: {len(train)} train / {len(val)} val images, {how}; "
-            f"{DATASET_NOTES.get(name, name)}"
-        )
-    if syn["enabled"]:
-        parts.append(
-            f"synthetic: {len(pool)} distortion groups from {len(photos)} pristine photos "
-            f"({syn['groups_per_photo']} single-distortion groups at two severities and "
-            f"{syn['composed_per_photo']} composed copies per photo), supervising only "
-            f"rankings against their originals and the factor head, never an absolute score"
-        )
-    return "; ".join(parts)
-
-
-def preprocessing_for(model, cfg: dict) -> Preprocessing:
-    """The backbone's preprocessing with the config's overrides."""
-    overrides = dict(cfg["preprocessing"] or {})
-    unknown = set(overrides) - set(Preprocessing.__dataclass_fields__)
-    if unknown:
-        raise ConfigError(f"unknown preprocessing key(s): {', '.join(sorted(unknown))}")
-    for key in ("mean", "std"):
-        if key in overrides:
-            overrides[key] = tuple(float(v) for v in overrides[key])
-    return dataclasses.replace(model.preprocessing, **overrides)
-
-
-# --------------------------------------------------------------------------- logging
-
-LOSS_PARTS = ("mos", "plcc", "rank", "syn_rank", "factor", "floor")
-VAL_KEYS = ("srcc", "plcc", "krcc", "rmse")
-COLUMNS = ("kind", "epoch", "step", "lr", "loss", *LOSS_PARTS, "images", "seconds",
-           "val_n", *(f"val_{k}" for k in VAL_KEYS))
-
-
-class MetricsLog:
-    """metrics.csv (one row per step and per validation) and TensorBoard scalars.
-
-    On resume, rows past the checkpoint are dropped first, so the file reads as if the
-    run had never been interrupted.
-    """
-
-    def __init__(self, run_dir: Path, *, resume_step: int | None, resume_epoch: int | None,
-                 tensorboard: bool = True):
-        self.path = run_dir / "metrics.csv"
-        if resume_step is None:
-            # A new run starts its own file: rows of an earlier run killed before its first
-            # checkpoint would otherwise read as this run's.
-            self.path.unlink(missing_ok=True)
-        elif self.path.is_file():
-            self._truncate(resume_step, resume_epoch)
-        new = not self.path.is_file() or self.path.stat().st_size == 0
-        self.handle = open(self.path, "a", newline="", encoding="utf-8")
-        self.writer = csv.DictWriter(self.handle, COLUMNS, lineterminator="\n")
-        if new:
-            self.writer.writeheader()
-        self.tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(run_dir / "tensorboard"),
-                                        purge_step=(resume_step + 1) if resume_step else None)
-            except ImportError as exc:  # tensorboard not installed: CSV and PNG still work
-                warnings.warn(f"TensorBoard logging disabled: {exc}", stacklevel=2)
-
-    def _truncate(self, step: int, epoch: int) -> None:
-        with open(self.path, newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-        keep = [r for r in rows if (r["kind"] == "train" and int(r["step"]) <= step)
-                or (r["kind"] == "val" and int(r["epoch"]) < epoch)]
-        with open(self.path, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, COLUMNS, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(keep)
-
-    def train(self, epoch: int, step: int, lr: float, loss: float, parts: dict,
-              images: int, seconds: float) -> None:
-        row = {"kind": "train", "epoch": epoch, "step": step, "lr": f"{lr:.6g}",
-               "loss": f"{loss:.6f}", "images": images, "seconds": f"{seconds:.4f}"}
-        row.update({k: f"{v:.6f}" for k, v in parts.items()})
-        self.writer.writerow(row)
-        self.handle.flush()
-        if self.tb:
-            self.tb.add_scalar("train/loss", loss, step)
-            self.tb.add_scalar("train/lr", lr, step)
-            for k, v in parts.items():
-                self.tb.add_scalar(f"train/{k}", v, step)
-
-    def val(self, epoch: int, step: int, metrics: dict) -> None:
-        row = {"kind": "val", "epoch": epoch, "step": step, "val_n": metrics.get("n", "")}
-        row.update({f"val_{k}": f"{metrics[k]:.6f}" for k in VAL_KEYS if k in metrics})
-        self.writer.writerow(row)
-        self.handle.flush()
-        if self.tb:
-            for k in VAL_KEYS:
-                if k in metrics:
-                    self.tb.add_scalar(f"val/{k}", metrics[k], step)
-            self.tb.flush()
-
-    def close(self) -> None:
-        self.handle.close()
-        if self.tb:
-            self.tb.close()
-
-
-def plot_curves(csv_path: Path, png_path: Path) -> None:
-    """Training loss per step (with a running mean) and validation SRCC/PLCC per epoch."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    with open(csv_path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    train = [(int(r["step"]), float(r["loss"])) for r in rows if r["kind"] == "train"]
-    val = [r for r in rows if r["kind"] == "val" and r["val_srcc"]]
-    fig = Figure(figsize=(10, 4), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax_loss, ax_val = fig.subplots(1, 2)
-    if train:
-        steps, losses = map(np.asarray, zip(*train, strict=True))
-        ax_loss.plot(steps, losses, lw=0.6, alpha=0.4, color="tab:blue", label="loss")
-        width = max(1, min(50, len(losses) // 10))
-        running = np.convolve(losses, np.ones(width) / width, mode="valid")
-        ax_loss.plot(steps[width - 1:], running, lw=1.5, color="tab:blue",
-                     label=f"running mean ({width} steps)")
-        ax_loss.legend(fontsize=8)
-    ax_loss.set(title="training loss", xlabel="step")
-    ax_loss.grid(True, alpha=0.3)
-    if val:
-        epochs = [int(r["epoch"]) + 1 for r in val]
-        for key, color in (("srcc", "tab:red"), ("plcc", "tab:green")):
-            ax_val.plot(epochs, [float(r[f"val_{key}"]) for r in val], marker="o", color=color,
-                        label=key.upper())
-        ax_val.legend(fontsize=8)
-    ax_val.set(title="validation", xlabel="epoch")
-    ax_val.grid(True, alpha=0.3)
-    tmp = png_path.with_name(f".{png_path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, png_path)
 
 
 # --------------------------------------------------------------------------- model step
