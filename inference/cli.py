@@ -28,6 +28,9 @@ COMMANDS: dict[str, tuple[str, str, str | None]] = {
     "eval": ("iqa.training.evaluate", "evaluate a model on an IQA dataset (SRCC, PLCC, ...)", "eval"),
     "train": ("iqa.training.train_cli", "train a quality model from a YAML config", "train"),
     "export": ("iqa.training.export", "export a checkpoint to ONNX", "train"),
+    "calibrate": ("iqa.training.calibrate",
+                  "fit a trained model's MOS -> page-scale calibration on training photos",
+                  "train"),
 }
 
 # Modules whose absence means an optional extra is missing, not a bug.

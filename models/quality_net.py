@@ -7,6 +7,11 @@ With ``pool_stages`` the heads also see the mean and standard deviation of chose
 intermediate stages (model v2's multi-level pooling, trained end to end): low stages carry
 the texture and noise statistics that a global average of the last stage washes out.
 
+With ``calibrated`` the model also holds a monotone calibration from its MOS-scale score
+onto the reference page's scale (fitted after training by ``iqa calibrate``);
+``forward_calibrated`` returns ``(score, mos, factors)`` and is what the ONNX graph runs.
+Training never sees it: ``forward`` returns the MOS-scale score.
+
 The backbone splits into a frozen front (stem and the first ``freeze_blocks`` stages),
 run by ``forward_frozen``, and a trainable rest, run by ``forward_trainable``. The trainer
 caches the frozen front's output so each epoch only runs the rest.
@@ -22,6 +27,7 @@ from torch import nn
 from iqa.inference.contract import FACTOR_NAMES, Preprocessing
 
 from .backbones import BackboneError, backbone_preprocessing, create_backbone
+from .calibration import MonotoneCalibration
 from .heads import MLPHead
 from .pooling import mean_std
 
@@ -48,6 +54,7 @@ class QualityNet(nn.Module):
         dropout: float = 0.1,
         freeze_blocks: int = 0,
         pool_stages: tuple[int, ...] = (),
+        calibrated: bool = False,
         preprocessing: Preprocessing | None = None,
     ):
         super().__init__()
@@ -84,6 +91,8 @@ class QualityNet(nn.Module):
         features += sum(norm.normalized_shape[0] for norm in self.level_norms)
         self.score_head = MLPHead(features, head_hidden, 1, dropout)
         self.factor_head = MLPHead(features, head_hidden, num_factors, dropout) if num_factors else None
+        # Identity until fitted; a buffer, so it never trains and travels in the state_dict.
+        self.calibration = MonotoneCalibration() if calibrated else None
         self.preprocessing = preprocessing or backbone_preprocessing(backbone)
         self.model_kwargs = dict(model_kwargs)
         for param in self.frozen_modules().parameters():
@@ -153,7 +162,7 @@ class QualityNet(nn.Module):
         """trainable_modules() stage by stage, appending each pooled stage to ``levels``."""
         b = self.backbone
         x = feats if self.freeze_blocks else b.bn1(b.conv_stem(feats))
-        norms = dict(zip(self.pool_stages, self.level_norms))
+        norms = dict(zip(self.pool_stages, self.level_norms, strict=True))
         first = self.freeze_blocks
         if first - 1 in norms:
             levels.append(norms[first - 1](torch.cat(mean_std(x), dim=1)))
@@ -167,6 +176,13 @@ class QualityNet(nn.Module):
         # No no_grad here: frozen weights need no gradient anyway, and keeping the graph
         # plain lets the ONNX exporters trace straight through.
         return self.forward_trainable(self._frozen(x))
+
+    def forward_calibrated(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(score on the page's scale, MOS-scale score, factors): the exported outputs."""
+        if self.calibration is None:
+            raise ValueError("this model has no calibration (create it with calibrated=True)")
+        mos, factors = self(x)
+        return self.calibration(mos), mos, factors
 
     def param_groups(
         self, lr: float, backbone_lr_mult: float = 0.1, weight_decay: float = 0.01
@@ -201,11 +217,12 @@ def create_model(
     dropout: float = 0.1,
     freeze_blocks: int = 0,
     pool_stages: tuple[int, ...] | list[int] = (),
+    calibrated: bool = False,
 ) -> QualityNet:
     """Build a QualityNet. ``pretrained``: True = bundled offline ImageNet weights
     (see ``BACKBONES``), False = random init, or a path to a .pth/.safetensors state_dict.
     ``pool_stages``: blocks whose mean/std the heads see besides the last stage (empty =
-    v1's single global average).
+    v1's single global average). ``calibrated``: hold a MOS -> page-scale calibration.
     """
     model_kwargs = {
         "backbone": backbone,
@@ -217,6 +234,8 @@ def create_model(
     if pool_stages:
         # Only when set, so v1's checkpoints and ONNX metadata keep their exact kwargs.
         model_kwargs["pool_stages"] = [int(s) for s in pool_stages]
+    if calibrated:
+        model_kwargs["calibrated"] = True
     return QualityNet(
         create_backbone(backbone, pretrained=pretrained),
         model_kwargs=model_kwargs,
@@ -225,4 +244,5 @@ def create_model(
         dropout=dropout,
         freeze_blocks=freeze_blocks,
         pool_stages=tuple(pool_stages),
+        calibrated=calibrated,
     )

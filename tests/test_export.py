@@ -156,6 +156,38 @@ def test_multi_level_checkpoint_exports_and_scores_like_torch(tmp_path, photo):
     assert QualityModel(path).score(photo).score == pytest.approx(expected, abs=1e-4)
 
 
+def test_calibrated_checkpoint_exports_score_mos_and_factors(tmp_path, photo):
+    # The calibration is baked into the graph: `score` is on the page's scale, `mos` is the
+    # network's raw output, and the metadata records the knots.
+    from iqa.training.export import model_from_checkpoint
+
+    torch.manual_seed(2)
+    net = create_model(pretrained=False, freeze_blocks=4, head_hidden=16, calibrated=True)
+    net.preprocessing = replace(net.preprocessing, shorter_side=96, max_longer_side=192)
+    knots = ([0.0, 0.3, 0.6, 1.0], [0.0, 0.1, 0.9, 0.95])
+    net.calibration.set_knots(*knots)
+    checkpoint = {"model": net.state_dict(), "model_kwargs": net.model_kwargs,
+                  "preprocessing": json.loads(net.preprocessing.to_json())}
+    rebuilt = model_from_checkpoint(checkpoint)  # sizes the 4-knot buffers before loading
+    path = export_onnx(rebuilt, tmp_path / "calibrated.onnx")
+    proto = onnx.load(str(path))
+    assert [o.name for o in proto.graph.output] == ["score", "mos", "factors"]
+    meta = _metadata(path)
+    assert json.loads(meta["iqa.calibration"]) == {
+        "knots_x": pytest.approx(knots[0]), "knots_y": pytest.approx(knots[1])}
+    assert check_parity(rebuilt, path).max_abs_score < 1e-4
+    result = QualityModel(path).score(photo)
+    assert result.score == pytest.approx(float(np.interp(result.mos, *knots)), abs=1e-5)
+    assert result.mos != pytest.approx(result.score, abs=1e-3)
+
+
+def test_parity_check_refuses_a_graph_with_other_outputs(tmp_path, model, onnx_path):
+    calibrated = create_model(pretrained=False, freeze_blocks=4, head_hidden=32, calibrated=True)
+    calibrated.preprocessing = model.preprocessing
+    with pytest.raises(ParityError, match="outputs"):
+        check_parity(calibrated.eval(), onnx_path, parity_inputs(model.preprocessing)[:1])
+
+
 def test_model_without_factor_head_exports_score_only(tmp_path):
     net = create_model(pretrained=False, num_factors=0, head_hidden=16).eval()
     path = export_onnx(net, tmp_path / "score_only.onnx")

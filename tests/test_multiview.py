@@ -82,7 +82,7 @@ def test_detail_view_metadata_round_trip_and_unknown_kind():
 
 
 def test_calibration_hand_values_and_flat_ends():
-    from iqa.models.multiview import MonotoneCalibration
+    from iqa.models.calibration import MonotoneCalibration
 
     cal = MonotoneCalibration([0.2, 0.4, 0.8], [0.1, 0.5, 0.9])
     x = torch.tensor([0.0, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0])
@@ -91,7 +91,7 @@ def test_calibration_hand_values_and_flat_ends():
 
 
 def test_calibration_rejects_non_monotone_knots():
-    from iqa.models.multiview import MonotoneCalibration
+    from iqa.models.calibration import MonotoneCalibration
 
     with pytest.raises(ValueError, match="non-decreasing"):
         MonotoneCalibration([0.0, 0.5, 1.0], [0.2, 0.6, 0.4])
@@ -115,7 +115,7 @@ def test_fit_calibration_is_monotone_and_follows_the_levels():
 
 
 def test_prior_calibration_inverts_the_level_prior_by_hand():
-    from iqa.models.multiview import MonotoneCalibration
+    from iqa.models.calibration import MonotoneCalibration
     from iqa.training.heads import prior_calibration
 
     # MOS = 0.2 + 0.6 * page: page 0 at MOS 0.2, page 0.98 at MOS 0.788.

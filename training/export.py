@@ -23,6 +23,7 @@ from iqa.inference.contract import (
     FACTORS_OUTPUT,
     INPUT_NAME,
     META_BACKBONE,
+    META_CALIBRATION,
     META_CREATED,
     META_FACTOR_NAMES,
     META_LICENSE,
@@ -30,6 +31,7 @@ from iqa.inference.contract import (
     META_MODEL_VERSION,
     META_PREPROCESSING,
     META_TRAINING_DATA,
+    MOS_OUTPUT,
     SCORE_OUTPUT,
     Preprocessing,
 )
@@ -66,19 +68,34 @@ class ParityReport:
                 f"factors {self.max_abs_factors:.2e} on {shapes}")
 
 
-def _score_only(model):
-    """Wrap a model without a factor head so the graph has the `score` output only."""
+def _graph_module(model):
+    """What the exporter traces, returning the tensors of :func:`output_names` in order."""
     import torch
 
-    class ScoreOnly(torch.nn.Module):
+    class Outputs(torch.nn.Module):
         def __init__(self, inner):
             super().__init__()
             self.inner = inner
 
         def forward(self, x):
-            return self.inner(x)[0]
+            if _is_calibrated(self.inner):
+                score, mos, factors = self.inner.forward_calibrated(x)
+                return (score, mos, factors) if _has_factors(self.inner) else (score, mos)
+            score, factors = self.inner(x)
+            return (score, factors) if _has_factors(self.inner) else score
 
-    return ScoreOnly(model)
+    return Outputs(model)
+
+
+def _is_calibrated(model) -> bool:
+    return getattr(model, "calibration", None) is not None
+
+
+def output_names(model) -> list[str]:
+    """``score`` (+ ``mos`` for a calibrated model, whose ``score`` is on the page's scale)
+    (+ ``factors``)."""
+    return ([SCORE_OUTPUT] + ([MOS_OUTPUT] if _is_calibrated(model) else [])
+            + ([FACTORS_OUTPUT] if _has_factors(model) else []))
 
 
 def _device_of(model):
@@ -92,17 +109,14 @@ def _has_factors(model) -> bool:
 def _torch_to_onnx_bytes(model, opset: int, exporter: str) -> bytes:
     import torch
 
-    has_factors = _has_factors(model)
-    module = model if has_factors else _score_only(model)
-    outputs = [SCORE_OUTPUT] + ([FACTORS_OUTPUT] if has_factors else [])
+    module = _graph_module(model)
+    outputs = output_names(model)
     sample = torch.zeros(1, 3, 64, 96, device=_device_of(model))
     if exporter == "torchscript":
         # The TorchScript exporter is deprecated in favour of dynamo, but it exports a
         # Lite0 in under a second where dynamo takes minutes on a small CPU, and both give
         # the same graph numerically (parity below 1e-6). Silence only its deprecation notice.
-        axes = {INPUT_NAME: {0: "N", 2: "H", 3: "W"}, SCORE_OUTPUT: {0: "N"}}
-        if has_factors:
-            axes[FACTORS_OUTPUT] = {0: "N"}
+        axes = {INPUT_NAME: {0: "N", 2: "H", 3: "W"}, **{name: {0: "N"} for name in outputs}}
         buffer = io.BytesIO()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
@@ -133,6 +147,9 @@ def default_metadata(model, preprocessing: Preprocessing) -> dict[str, str]:
     }
     if _has_factors(model):
         meta[META_FACTOR_NAMES] = json.dumps(list(model.factor_names))
+    if _is_calibrated(model):
+        meta[META_CALIBRATION] = json.dumps({"knots_x": model.calibration.knots_x.tolist(),
+                                             "knots_y": model.calibration.knots_y.tolist()})
     return meta
 
 
@@ -253,24 +270,28 @@ def check_parity(
     import torch
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    output_names = [o.name for o in session.get_outputs()]
+    names = [o.name for o in session.get_outputs()]
+    if names != output_names(model):
+        raise ParityError(f"{onnx_path}: outputs {names}, torch model has {output_names(model)}")
     if inputs is None:
         inputs = parity_inputs(model.preprocessing)
     device = _device_of(model)
     was_training = model.training
     model.eval()
-    worst_score = worst_factors = 0.0
+    graph = _graph_module(model)
+    worst = {name: 0.0 for name in names}
     try:
         for batch in inputs:
             with torch.no_grad():
-                score, factors = (t.cpu() for t in model(torch.from_numpy(batch).to(device)))
-            result = dict(zip(output_names, session.run(None, {INPUT_NAME: batch}), strict=True))
-            worst_score = max(worst_score, float(np.abs(result[SCORE_OUTPUT] - score.numpy()).max()))
-            if FACTORS_OUTPUT in result:
-                diff = np.abs(result[FACTORS_OUTPUT] - factors.numpy()).max()
-                worst_factors = max(worst_factors, float(diff))
+                expected = graph(torch.from_numpy(batch).to(device))
+            expected = expected if isinstance(expected, tuple) else (expected,)
+            got = session.run(names, {INPUT_NAME: batch})
+            for name, e, g in zip(names, expected, got, strict=True):
+                worst[name] = max(worst[name], float(np.abs(g - e.cpu().numpy()).max()))
     finally:
         model.train(was_training)
+    worst_score = max(worst[SCORE_OUTPUT], worst.get(MOS_OUTPUT, 0.0))
+    worst_factors = worst.get(FACTORS_OUTPUT, 0.0)
     report = ParityReport(worst_score, worst_factors, tuple(b.shape for b in inputs))
     if worst_score > atol or worst_factors > atol:
         raise ParityError(f"{onnx_path}: torch and onnxruntime disagree beyond {atol}: {report}")
@@ -314,8 +335,13 @@ def model_from_checkpoint(checkpoint: dict):
         raise ExportError(f"checkpoint lacks {', '.join(missing)}: not written by `iqa train`?")
     try:
         model = create_model(**checkpoint["model_kwargs"], pretrained=False)
+        if model.calibration is not None:
+            # The knot count is data, not architecture: size the buffers before loading.
+            state = checkpoint["model"]
+            model.calibration.set_knots(state["calibration.knots_x"],
+                                        state["calibration.knots_y"])
         model.load_state_dict(checkpoint["model"], strict=True)
-    except (BackboneError, TypeError, RuntimeError) as exc:
+    except (BackboneError, TypeError, RuntimeError, KeyError, ValueError) as exc:
         raise ExportError(f"cannot rebuild the model from the checkpoint: {exc}") from exc
     if checkpoint.get("preprocessing"):  # the trainer's resolved policy, overrides included
         model.preprocessing = Preprocessing.from_json(json.dumps(checkpoint["preprocessing"]))

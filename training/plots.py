@@ -110,3 +110,27 @@ def plot_curves(csv_path: Path, png_path: Path) -> None:
     tmp = png_path.with_name(f".{png_path.name}.{os.getpid()}.tmp.png")
     fig.savefig(tmp, dpi=110)
     os.replace(tmp, png_path)
+
+
+def calibration_plot(path: Path, mos: np.ndarray, targets: np.ndarray, names: Sequence[str],
+                     knots: tuple[Sequence[float], Sequence[float]]) -> None:
+    """Predicted MOS against the level target of each calibration version, by distortion,
+    with the fitted curve: where the curve sits in each cloud is what a score will mean."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for i, name in enumerate(sorted(set(names))):
+        pick = np.asarray([n == name for n in names])
+        ax.scatter(mos[pick], targets[pick], s=9, alpha=0.6, color=f"C{i % 10}", label=name)
+    xs = np.linspace(0.0, 1.0, 201)
+    ax.plot(xs, np.interp(xs, knots[0], knots[1]), color="black", lw=2, label="calibration")
+    ax.set(xlabel="predicted MOS (network output)", ylabel="target / score (page scale)",
+           xlim=(0, 1), ylim=(0, 1), title="calibration on clean training photos and versions")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="upper left")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)

@@ -1,0 +1,117 @@
+"""`iqa calibrate`: a trained QualityNet's MOS -> page-scale calibration, fitted on the
+run's clean training photos and their level versions, baked into the exported graph."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("timm")
+onnx = pytest.importorskip("onnx")
+
+from test_train_fakes import (  # noqa: E402, F401  (fixtures)
+    CONFIGS,
+    cli_args,
+    fake_root,
+    feature_cache_dir,
+    one_thread,
+    tiny_overrides,
+)
+
+from iqa.inference import QualityModel  # noqa: E402
+from iqa.inference.cli import main  # noqa: E402
+from iqa.training.calibrate import calibration_samples  # noqa: E402
+from iqa.training.multiview_data import level_samples  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trained(fake_root, feature_cache_dir, tmp_path_factory):
+    """best.pt of a two-step livec_levels run (multi-level pooling) on the fake releases."""
+    run_dir = tmp_path_factory.mktemp("calibrate") / "run"
+    before = torch.get_num_threads()
+    try:
+        argv = cli_args("train", str(CONFIGS / "livec_levels.yaml"), "--output", str(run_dir),
+                        "--data-root", str(fake_root), "--no-progress", "--device", "cpu",
+                        "--threads", "1", sets=tiny_overrides(feature_cache_dir))
+        assert main(argv) == 0
+    finally:
+        torch.set_num_threads(before)
+    return run_dir / "best.pt"
+
+
+@pytest.fixture(scope="module")
+def calibrated(trained):
+    out = trained.parent / "calibrated.pt"
+    assert main(["calibrate", str(trained), "-o", str(out), "--threads", "1",
+                 "--no-progress"]) == 0
+    return out
+
+
+def test_calibration_is_fitted_on_the_runs_own_training_photos(trained, calibrated, fake_root):
+    state = torch.load(calibrated, weights_only=False)
+    report = state["metadata"]["calibration"]
+    # The run's synthetic.subsets (kodak24, wikipedia), never the excluded folder.
+    photos = sorted(p for p in (fake_root / "pristine").rglob("*.jpg") if "bsds500" not in str(p))
+    assert report["photos"] == len(photos) == 3
+    # Every version a single view can see: not the ones whose damage only a native detail
+    # view shows (their global view is the clean photo).
+    visible = [s for s in level_samples(photos, per_distortion=3) if s.detail_source is None]
+    assert report["versions"] == len(visible) == len(list(calibration_samples(photos, 3, 0)))
+    assert report["by_distortion"]["clean"]["n"] == 3
+    assert report["by_distortion"]["clean"]["mean_target"] == pytest.approx(0.92)
+    assert state["model_kwargs"]["calibrated"] and state["model_kwargs"]["pool_stages"]
+    xs, ys = np.asarray(report["knots_x"]), np.asarray(report["knots_y"])
+    assert np.all(np.diff(xs) > 0) and np.all(np.diff(ys) > 0)  # strictly: ranks never tie
+    assert np.allclose(state["model"]["calibration.knots_x"].numpy(), xs)
+    assert calibrated.with_suffix(".png").stat().st_size > 10_000
+    # Training weights are carried over unchanged.
+    before = torch.load(trained, weights_only=False)["model"]
+    assert all(torch.equal(before[k], state["model"][k]) for k in before)
+
+
+def test_calibration_fits_the_targets_better_than_none(calibrated, fake_root):
+    # The isotonic fit, read at its knots, must explain the level targets better than the
+    # raw MOS does: recompute both from the calibrated model itself.
+    from iqa.training.calibrate import calibrated_model, predict_mos
+
+    state = torch.load(calibrated, weights_only=False)
+    model = calibrated_model({**state, "model": state["model"]})
+    model.calibration.set_knots(state["model"]["calibration.knots_x"],
+                                state["model"]["calibration.knots_y"])
+    photos = sorted(p for p in (fake_root / "pristine").rglob("*.jpg") if "bsds500" not in str(p))
+    samples = list(calibration_samples(photos, 3, 0))
+    mos = predict_mos(model, [s[0] for s in samples], progress=False)
+    targets = np.asarray([s[1] for s in samples])
+    with torch.no_grad():
+        score = model.calibration(torch.from_numpy(mos.astype(np.float32))).numpy()
+    assert np.mean((score - targets) ** 2) < np.mean((mos - targets) ** 2)
+
+
+def test_export_bakes_the_calibration_into_score_and_keeps_mos(calibrated, tmp_path):
+    out = tmp_path / "calibrated.onnx"
+    assert main(["export", str(calibrated), "-o", str(out)]) == 0
+    proto = onnx.load(str(out))
+    assert [o.name for o in proto.graph.output] == ["score", "mos", "factors"]
+    knots = json.loads({p.key: p.value for p in proto.metadata_props}["iqa.calibration"])
+    scorer = QualityModel(out)
+    image = (np.random.default_rng(0).random((90, 120, 3)) * 255).astype(np.uint8)
+    result = scorer.score(image)
+    assert result.score == pytest.approx(
+        float(np.interp(result.mos, knots["knots_x"], knots["knots_y"])), abs=1e-5)
+
+
+def test_bad_inputs_exit_2_with_a_message(tmp_path, trained, capsys):
+    assert main(["calibrate", str(tmp_path / "nope.pt"), "-o", str(tmp_path / "o.pt")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    state = torch.load(trained, weights_only=False)
+    torch.save({**state, "model_kwargs": {**state["model_kwargs"], "architecture": "multiview"}},
+               tmp_path / "v2.pt")
+    assert main(["calibrate", str(tmp_path / "v2.pt"), "-o", str(tmp_path / "o.pt")]) == 2
+    assert "calibrated by `iqa train`" in capsys.readouterr().err
+    assert main(["calibrate", str(trained), "-o", str(tmp_path / "o.pt"),
+                 "--photos", str(tmp_path / "missing")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "o.pt").exists()

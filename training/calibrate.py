@@ -1,0 +1,172 @@
+"""``iqa calibrate``: fit the MOS -> page-scale calibration of a trained QualityNet.
+
+A network trained on LIVE Challenge predicts on its MOS scale, which is compressed (mean
+0.55, best image 0.92) and is not the reference page's scale. The calibration is a
+monotone map fitted on **training data only**: the clean photos the run's synthetic
+groups were drawn from (``synthetic.root``/``subsets`` of its config) and their
+distorted versions at known strengths, whose targets come from the page's semantics
+table (:mod:`iqa.training.levels`). An isotonic regression of target on predicted MOS,
+read at a few knots (:func:`iqa.training.heads.fit_calibration`), is written into the
+checkpoint; ``iqa export`` then bakes it into the graph as ``score`` and keeps the raw
+prediction as ``mos``. A monotone map changes no ranking, so SRCC is the same for both.
+
+    iqa calibrate runs/livec_levels/best.pt -o runs/livec_levels/calibrated.pt
+    iqa export runs/livec_levels/calibrated.pt -o iqa-v2.onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+# Versions whose damage only a native-resolution detail view shows are left out: a
+# single-view model sees their clean downscale, so their targets would be wrong for it.
+SKIP_HIDDEN = True
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", type=Path, help="checkpoint written by `iqa train` (.pt)")
+    parser.add_argument("-o", "--output", type=Path, required=True,
+                        help="calibrated checkpoint to write (then `iqa export` it)")
+    parser.add_argument("--photos", type=Path,
+                        help="folder of clean training photos (default: the run's "
+                        "synthetic.root); never photos kept for evaluation")
+    parser.add_argument("--subsets", nargs="*",
+                        help="sub-folders of --photos to use (default: the run's "
+                        "synthetic.subsets)")
+    parser.add_argument("--per-distortion", type=int, default=3,
+                        help="strengths drawn per photo and distortion (default 3)")
+    parser.add_argument("--knots", type=int, default=10,
+                        help="quantile knots of the baked-in curve (default 10)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the strengths drawn")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def calibration_samples(photos: list[Path], per_distortion: int, seed: int):
+    """(image, target, distortion name) of every clean photo and its level versions."""
+    from .multiview_data import level_samples
+
+    for sample in level_samples(photos, seed=seed, per_distortion=per_distortion):
+        if SKIP_HIDDEN and sample.detail_source is not None:
+            continue
+        name = sample.key.split("|")[1].split("@")[0] if "|" in sample.key else "clean"
+        yield sample.image, sample.target, name
+
+
+def predict_mos(model, images, *, progress: bool = True) -> np.ndarray:
+    """The model's MOS-scale score of each HxWx3 uint8 image, through inference's resize."""
+    import torch
+    from PIL import Image
+    from tqdm import tqdm
+
+    from iqa.inference.preprocess import to_model_input
+
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for image in tqdm(images, desc="distorting and predicting", unit="img",
+                          disable=not progress, mininterval=2):
+            x = torch.from_numpy(to_model_input(Image.fromarray(image), model.preprocessing))
+            out.append(float(model(x[None])[0]))
+    return np.asarray(out)
+
+
+def summarise(names: list[str], targets: np.ndarray, mos: np.ndarray, score: np.ndarray) -> dict:
+    """Per distortion: how many versions, mean target and median calibrated score."""
+    rows = {}
+    for name in sorted(set(names)):
+        pick = np.asarray([n == name for n in names])
+        rows[name] = {"n": int(pick.sum()), "mean_target": round(float(targets[pick].mean()), 3),
+                      "median_mos": round(float(np.median(mos[pick])), 3),
+                      "median_score": round(float(np.median(score[pick])), 3)}
+    return rows
+
+
+def calibrated_model(checkpoint: dict):
+    """The checkpoint's QualityNet rebuilt with a (still identity) calibration module."""
+    from iqa.inference.contract import Preprocessing
+    from iqa.models import create_model
+
+    kwargs = {**checkpoint["model_kwargs"], "calibrated": True}
+    model = create_model(**kwargs, pretrained=False)
+    state = {k: v for k, v in checkpoint["model"].items() if not k.startswith("calibration.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("calibration.") for k in missing):
+        raise ValueError(f"checkpoint does not match its model_kwargs: missing {missing}, "
+                         f"unexpected {unexpected}")
+    if checkpoint.get("preprocessing"):
+        model.preprocessing = Preprocessing.from_json(json.dumps(checkpoint["preprocessing"]))
+    return model.eval()
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoint import load_checkpoint
+    from .config import ConfigError
+    from .data import list_photos
+    from .heads import fit_calibration
+    from .plots import calibration_plot
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        checkpoint = load_checkpoint(args.checkpoint)
+        if (checkpoint.get("model_kwargs") or {}).get("architecture") == "multiview":
+            raise ValueError("v2 multi-view models are calibrated by `iqa train` itself")
+        model = calibrated_model(checkpoint)
+        syn = (checkpoint.get("config") or {}).get("synthetic") or {}
+        root = args.photos or (Path(syn["root"]) if syn.get("root") else None)
+        if root is None:
+            raise ValueError("the checkpoint's config names no synthetic.root: pass --photos")
+        subsets = args.subsets if args.subsets is not None else syn.get("subsets")
+        photos = list_photos(root, None, 0, subsets or None)
+    except (FileNotFoundError, KeyError, ValueError, ConfigError) as exc:
+        print(f"iqa calibrate: {exc}", file=sys.stderr)
+        return 2
+
+    print(f"calibrating on {len(photos)} clean training photos under {root} and their "
+          f"distorted versions ({args.per_distortion} strengths per distortion)", flush=True)
+    # Streamed: a version is distorted at its photo's own resolution, scored and dropped.
+    targets, names = [], []
+
+    def images():
+        for image, target, name in calibration_samples(photos, args.per_distortion, args.seed):
+            targets.append(target)
+            names.append(name)
+            yield image
+
+    mos = predict_mos(model, images(), progress=not args.no_progress)
+    targets = np.asarray(targets)
+    knots = fit_calibration(mos, targets, args.knots)
+    model.calibration.set_knots(*knots)
+    with torch.no_grad():
+        score = model.calibration(torch.from_numpy(mos.astype(np.float32))).numpy()
+
+    from scipy.stats import spearmanr
+
+    report = {"method": "isotonic on clean training photos and their level versions",
+              "photos": len(photos), "versions": len(targets),
+              "knots_x": knots[0], "knots_y": knots[1],
+              "srcc_mos_vs_target": round(float(spearmanr(mos, targets)[0]), 4),
+              "by_distortion": summarise(names, targets, mos, score)}
+    out = dict(checkpoint)
+    out["model"] = model.state_dict()
+    out["model_kwargs"] = dict(model.model_kwargs)
+    out["metadata"] = {**(checkpoint.get("metadata") or {}), "calibration": report}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(out, args.output)
+    plot = args.output.with_suffix(".png")
+    calibration_plot(plot, mos, targets, names, knots)
+    clean = report["by_distortion"].get("clean", {})
+    print(f"wrote {args.output} and {plot}\n"
+          f"clean training photos: median score {clean.get('median_score')} "
+          f"(MOS {clean.get('median_mos')}); SRCC of MOS against the level targets "
+          f"{report['srcc_mos_vs_target']}\n"
+          f"next: iqa export {args.output} -o model.onnx")
+    return 0
