@@ -101,6 +101,9 @@ DEFAULTS: dict[str, Any] = {
         "factor_weight": 0.5,
         "pristine_floor": None,  # a prior: pristine originals should score at least this
         "pristine_floor_weight": 1.0,
+        # Absolute page-scale levels of synthetic copies (training/levels.py), mapped onto
+        # the MOS scale by quantiles of the training MOS; 0 = ranking only (v1).
+        "level_weight": 0.0,
     },
     "optim": {
         "epochs": 20,

@@ -100,11 +100,14 @@ class SyntheticGroup:
     """Copies of one pristine photo whose quality order is known.
 
     ``members[0]`` is the original. ``pairs`` are (better, worse) member indices: the
-    worse one must score below the better one by a margin. No member has an absolute MOS.
+    worse one must score below the better one by a margin. No member has an absolute MOS;
+    ``targets`` are their levels on the reference page's scale (None where the page's table
+    has no anchor), which ``loss.level_weight`` can teach (:mod:`iqa.training.levels`).
     """
 
     members: tuple[ImageSpec, ...]
     pairs: tuple[tuple[int, int], ...]
+    targets: tuple[float | None, ...] = ()
 
 
 def list_photos(
@@ -163,6 +166,7 @@ def build_synthetic_pool(photos: Sequence[Path], root: str | os.PathLike, syn: d
         rel = Path(photo).relative_to(root).as_posix() if Path(photo).is_relative_to(root) else str(photo)
         rng = np.random.default_rng([int(syn["seed"]), _stable_hash(0, rel) % (2**32)])
         original = ImageSpec(str(photo))
+        shorter = _shorter_side(photo)
         for _ in range(int(syn["groups_per_photo"])):
             name = names[int(rng.integers(len(names)))]
             weak = float(rng.uniform(weak_lo, weak_hi))
@@ -170,18 +174,34 @@ def build_synthetic_pool(photos: Sequence[Path], root: str | os.PathLike, syn: d
             # One seed for both copies: the same noise pattern or flare position at two
             # strengths, so the pair differs in severity only.
             seed = int(rng.integers(2**31))
-            pool.append(SyntheticGroup(
-                members=(original,
-                         replace(original, distortion=name, severity=weak, seed=seed),
-                         replace(original, distortion=name, severity=strong, seed=seed)),
-                pairs=((0, 1), (0, 2), (1, 2)),
-            ))
+            members = (original,
+                       replace(original, distortion=name, severity=weak, seed=seed),
+                       replace(original, distortion=name, severity=strong, seed=seed))
+            pool.append(SyntheticGroup(members=members, pairs=((0, 1), (0, 2), (1, 2)),
+                                       targets=_level_targets(members, shorter)))
         for _ in range(int(syn["composed_per_photo"])):
             seed = int(rng.integers(2**31))
             composed = replace(original, distortion=COMPOSE, seed=seed,
                                max_ops=int(syn["compose_max_ops"]))
-            pool.append(SyntheticGroup(members=(original, composed), pairs=((0, 1),)))
+            members = (original, composed)
+            pool.append(SyntheticGroup(members=members, pairs=((0, 1),),
+                                       targets=_level_targets(members, shorter)))
     return pool
+
+
+def _shorter_side(path: str | os.PathLike) -> int:
+    """The photo's shorter side from its header (level targets are in its own pixels)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return min(image.size)
+
+
+def _level_targets(members: Sequence[ImageSpec], shorter_side: int) -> tuple[float | None, ...]:
+    from .levels import target_for_severity
+
+    return tuple(target_for_severity(m.distortion, m.severity, shorter_side)
+                 if m.distortion != COMPOSE else None for m in members)
 
 
 def _stable_hash(seed: int, text: str) -> int:
@@ -358,10 +378,12 @@ class StepDataset(Dataset):
             tensors.append(self.source.crop(x, self.crop_px, item.u, item.v))
             mos.append(float(self.records[item.index].mos))
         num_auth = len(tensors)
-        better, worse, gap, originals = [], [], [], []
+        better, worse, gap, originals, levels = [], [], [], [], []
         for item in step.synthetic:
             group = self.pool[item.index]
             base = len(tensors)
+            levels.extend(float("nan") if t is None else t
+                          for t in (group.targets or [None] * len(group.members)))
             group_labels = []
             for member in group.members:
                 x, lab = self.source.load(member.mirrored(item.flip))
@@ -387,6 +409,7 @@ class StepDataset(Dataset):
             "pair_worse": torch.tensor(worse, dtype=torch.long),
             "pair_gap": torch.tensor(gap, dtype=torch.float32),
             "original_index": torch.tensor(originals, dtype=torch.long),
+            "level_target": torch.tensor(levels, dtype=torch.float32),
         }
 
 

@@ -42,18 +42,10 @@ class HeadRecipe:
 
 
 def level_to_mos_prior(train_mos: np.ndarray, recipe: HeadRecipe) -> tuple[float, float]:
-    """(a, b) with MOS ~= a + b * level: page 0 -> a low MOS quantile, clean -> a high one.
+    """:func:`iqa.training.levels.level_to_mos_prior` at the recipe's quantiles."""
+    from .levels import level_to_mos_prior as prior
 
-    Raters of LIVE Challenge rarely give the top of the scale (its best image has MOS 92),
-    so a clean photo is placed where the best rated photos are, and the worst level where
-    the worst are.
-    """
-    from .levels import CLEAN_TARGET
-
-    low = float(np.quantile(train_mos, recipe.prior_low_quantile))
-    high = float(np.quantile(train_mos, recipe.prior_high_quantile))
-    b = (high - low) / CLEAN_TARGET
-    return low, b
+    return prior(train_mos, recipe.prior_high_quantile, recipe.prior_low_quantile)
 
 
 def _mos_targets(table: FeatureTable, prior: tuple[float, float]) -> np.ndarray:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .augment import DISTORTIONS
-from .augment.base import pixel_scale
+from .augment.base import REFERENCE_SHORTER_SIDE, pixel_scale
 from .augment.blur import DEFOCUS_RADIUS, GAUSSIAN_SIGMA
 from .augment.compression import JPEG_QUALITY
 from .augment.exposure import CONTRAST_LOSS, OVEREXPOSURE_EV, UNDEREXPOSURE_EV
@@ -115,3 +115,45 @@ def severity_for(level: Level, strength: float, image: np.ndarray) -> float:
 
 def family_of(distortion: str) -> str:
     return DISTORTIONS[distortion].family
+
+
+def target_for_severity(distortion: str | None, severity: float,
+                        native_shorter_side: int) -> float | None:
+    """Page-scale target of a photo distorted by the library's ``severity`` *after* the
+    resize to model resolution (v1's synthetic groups), or None without a level.
+
+    A scaled parameter applied at model resolution spans ``native / model`` times more of
+    the photo's own pixels, and the library scales it by the model image's size, so the
+    native strength is ``table(severity) * native_shorter_side / REFERENCE_SHORTER_SIDE``
+    whatever the model resolution. ``None`` (the original) is a clean photo.
+    """
+    if distortion is None:
+        return CLEAN_TARGET
+    if distortion == "background_blur":
+        grid = sorted(BACKGROUND_BLUR_TARGETS.items())
+        return float(np.interp(severity, (0.0, *(k for k, _ in grid)),
+                               (CLEAN_TARGET, *(v for _, v in grid))))
+    level = LEVELS.get(distortion)
+    if level is None:
+        return None  # no anchor in the page's table: ranking only
+    parameter = level.table(severity)
+    if level.distortion == "jpeg":
+        strength = 100.0 - parameter
+    elif level.scaled:
+        strength = parameter * native_shorter_side / REFERENCE_SHORTER_SIDE
+    else:
+        strength = parameter
+    return level.target(strength)
+
+
+def level_to_mos_prior(train_mos: np.ndarray, high_quantile: float = 0.95,
+                       low_quantile: float = 0.02) -> tuple[float, float]:
+    """(a, b) with MOS ~= a + b * level: page 0 -> a low MOS quantile, clean -> a high one.
+
+    Raters of LIVE Challenge rarely give the top of the scale (its best image has MOS 92),
+    so a clean photo is placed where the best rated photos are, and the worst level where
+    the worst are. Fitted on training MOS only.
+    """
+    low = float(np.quantile(train_mos, low_quantile))
+    high = float(np.quantile(train_mos, high_quantile))
+    return low, (high - low) / CLEAN_TARGET

@@ -1,9 +1,10 @@
 """Loss terms: MOS regression and correlation on authentic images, ranking on synthetic ones.
 
 Authentic images carry a human MOS, so they supervise the absolute score. Synthetic images
-never get an invented MOS: they only say "this copy is worse than that one" (a distorted
-image below its pristine original, a stronger distortion below a weaker one) and which
-distortion families were applied (the factor head).
+say "this copy is worse than that one" (a distorted image below its pristine original, a
+stronger distortion below a weaker one) and which distortion families were applied (the
+factor head). With ``level_weight`` they also carry an absolute level from the reference
+page's table, mapped onto the MOS scale by a prior fitted on the training MOS.
 """
 
 from __future__ import annotations
@@ -98,6 +99,10 @@ class LossWeights:
     factor_weight: float = 0.5
     pristine_floor: float | None = None
     pristine_floor_weight: float = 1.0
+    # Absolute levels of synthetic copies (their page-scale targets mapped onto the MOS
+    # scale by ``level_prior``, which the trainer fits on the training MOS). 0 = v1.
+    level_weight: float = 0.0
+    level_prior: tuple[float, float] | None = None
 
     @classmethod
     def from_config(cls, section: dict) -> LossWeights:
@@ -117,7 +122,8 @@ def training_loss(
     - ``syn_index`` (S,), ``factor_target`` (S, K): synthetic items and their labels;
     - ``pair_better``/``pair_worse`` (P,) positions into the outputs, ``pair_gap`` (P,)
       severity gaps, for the ranking constraints;
-    - ``original_index`` (O,): pristine originals (for the optional floor prior).
+    - ``original_index`` (O,): pristine originals (for the optional floor prior);
+    - ``level_target`` (S,): page-scale levels of the synthetic items, NaN if unknown.
     """
     scores = scores.float()
     parts: dict[str, torch.Tensor] = {}
@@ -142,6 +148,16 @@ def training_loss(
         parts["floor"] = w.pristine_floor_weight * floor_loss(
             scores[batch["original_index"]], float(w.pristine_floor)
         )
+    if w.level_weight and batch.get("level_target") is not None and batch["syn_index"].numel():
+        if w.level_prior is None:
+            raise ValueError("loss.level_weight needs level_prior (fitted on the training MOS)")
+        targets = batch["level_target"].float()
+        known = ~torch.isnan(targets)
+        if bool(known.any()):
+            a, b = w.level_prior
+            parts["level"] = w.level_weight * mos_regression_loss(
+                scores[batch["syn_index"]][known], a + b * targets[known], w.mos,
+                w.smooth_l1_beta)
     if not parts:
         total = scores.sum() * 0.0
     else:

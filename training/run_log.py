@@ -6,7 +6,7 @@ import csv
 import warnings
 from pathlib import Path
 
-LOSS_PARTS = ("mos", "plcc", "rank", "syn_rank", "factor", "floor")
+LOSS_PARTS = ("mos", "plcc", "rank", "syn_rank", "factor", "floor", "level")
 VAL_KEYS = ("srcc", "plcc", "krcc", "rmse")
 COLUMNS = ("kind", "epoch", "step", "lr", "loss", *LOSS_PARTS, "images", "seconds",
            "val_n", *(f"val_{k}" for k in VAL_KEYS))

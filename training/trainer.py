@@ -131,7 +131,22 @@ class Trainer:
         self.source = self._build_source()
         self._build_optimisation()
         self.weights = LossWeights.from_config(cfg["loss"])
+        if self.weights.level_weight:
+            self.weights.level_prior = self._level_prior()
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+
+    def _level_prior(self) -> tuple[float, float]:
+        """Page-scale levels -> MOS scale, from this run's training MOS only."""
+        from .levels import level_to_mos_prior
+
+        mos = np.asarray([float(r.mos) for r in self.data.train])
+        if len(mos) < 10:
+            raise ConfigError("loss.level_weight needs rated training images to place the "
+                              f"levels on their MOS scale; this run has {len(mos)}")
+        prior = level_to_mos_prior(mos)
+        self.log(f"levels: page-scale targets -> MOS {prior[0]:.3f} + {prior[1]:.3f} * level "
+                 "(quantiles of the training MOS)")
+        return prior
 
     def _build_source(self):
         """The feature cache (built now, each rank its share) or the on-the-fly renderer."""
