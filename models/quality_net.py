@@ -7,6 +7,12 @@ With ``pool_stages`` the heads also see the mean and standard deviation of chose
 intermediate stages (model v2's multi-level pooling, trained end to end): low stages carry
 the texture and noise statistics that a global average of the last stage washes out.
 
+With ``detail_view`` the network also sees a mosaic of native-resolution patches of the
+photo (``iqa.inference.contract.DetailView``, model v2's detail view): the same backbone
+runs on both views and the heads see both pooled vectors, so pixel-level blur, noise and
+compression that the downscaled global view hides still reach them. ``forward`` then
+takes ``(image, detail)``.
+
 With ``calibrated`` the model also holds a monotone calibration from its MOS-scale score
 onto the reference page's scale (fitted after training by ``iqa calibrate``);
 ``forward_calibrated`` returns ``(score, mos, factors)`` and is what the ONNX graph runs.
@@ -24,7 +30,7 @@ import os
 import torch
 from torch import nn
 
-from iqa.inference.contract import FACTOR_NAMES, Preprocessing
+from iqa.inference.contract import FACTOR_NAMES, DetailView, Preprocessing
 
 from .backbones import BackboneError, backbone_preprocessing, create_backbone
 from .calibration import MonotoneCalibration
@@ -55,6 +61,7 @@ class QualityNet(nn.Module):
         freeze_blocks: int = 0,
         pool_stages: tuple[int, ...] = (),
         calibrated: bool = False,
+        detail_view: DetailView | None = None,
         preprocessing: Preprocessing | None = None,
     ):
         super().__init__()
@@ -89,6 +96,12 @@ class QualityNet(nn.Module):
             nn.LayerNorm(2 * _out_channels(backbone.blocks[s])) for s in self.pool_stages
         )
         features += sum(norm.normalized_shape[0] for norm in self.level_norms)
+        self.detail_view = detail_view
+        if detail_view is not None:
+            # Its own norms: the mosaic's statistics are not the thumbnail's.
+            self.detail_norms = nn.ModuleList(
+                nn.LayerNorm(norm.normalized_shape[0]) for norm in self.level_norms)
+            features *= 2
         self.score_head = MLPHead(features, head_hidden, 1, dropout)
         self.factor_head = MLPHead(features, head_hidden, num_factors, dropout) if num_factors else None
         # Identity until fitted; a buffer, so it never trains and travels in the state_dict.
@@ -137,11 +150,11 @@ class QualityNet(nn.Module):
         with torch.no_grad():
             return self._frozen(x)
 
-    def forward_trainable(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The rest of the network on ``forward_frozen`` output: (score (N,), factors (N, K))."""
+    def _pooled(self, feats: torch.Tensor, norms: nn.ModuleList) -> torch.Tensor:
+        """One view's ``forward_frozen`` output -> the vector the heads see."""
         levels: list[torch.Tensor] = []
         if self.pool_stages:
-            x = self._blocks_pooling(feats, levels)
+            x = self._blocks_pooling(feats, levels, norms)
         elif self.splittable:
             x = self.trainable_modules()(feats)
         else:
@@ -149,8 +162,17 @@ class QualityNet(nn.Module):
         # timm's own pooling: global average for CNNs at any input size, token pooling
         # for transformers.
         pooled = self.backbone.forward_head(x, pre_logits=True)
-        if levels:
-            pooled = torch.cat([*levels, pooled], dim=1)
+        return torch.cat([*levels, pooled], dim=1) if levels else pooled
+
+    def forward_trainable(self, feats: torch.Tensor, detail_feats: torch.Tensor | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rest of the network on ``forward_frozen`` output (of the detail view too, if
+        the model has one): (score (N,), factors (N, K))."""
+        pooled = self._pooled(feats, self.level_norms)
+        if self.detail_view is not None:
+            if detail_feats is None:
+                raise ValueError("this model has a detail view: pass the detail input too")
+            pooled = torch.cat([pooled, self._pooled(detail_feats, self.detail_norms)], dim=1)
         score = self.score_head(pooled).squeeze(-1)
         if self.factor_head is None:
             factors = pooled.new_zeros((pooled.shape[0], 0))
@@ -158,11 +180,12 @@ class QualityNet(nn.Module):
             factors = self.factor_head(pooled)
         return score, factors
 
-    def _blocks_pooling(self, feats: torch.Tensor, levels: list[torch.Tensor]) -> torch.Tensor:
+    def _blocks_pooling(self, feats: torch.Tensor, levels: list[torch.Tensor],
+                        level_norms: nn.ModuleList) -> torch.Tensor:
         """trainable_modules() stage by stage, appending each pooled stage to ``levels``."""
         b = self.backbone
         x = feats if self.freeze_blocks else b.bn1(b.conv_stem(feats))
-        norms = dict(zip(self.pool_stages, self.level_norms, strict=True))
+        norms = dict(zip(self.pool_stages, level_norms, strict=True))
         first = self.freeze_blocks
         if first - 1 in norms:
             levels.append(norms[first - 1](torch.cat(mean_std(x), dim=1)))
@@ -172,16 +195,19 @@ class QualityNet(nn.Module):
                 levels.append(norms[i](torch.cat(mean_std(x), dim=1)))
         return b.bn2(b.conv_head(x))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, detail: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         # No no_grad here: frozen weights need no gradient anyway, and keeping the graph
         # plain lets the ONNX exporters trace straight through.
-        return self.forward_trainable(self._frozen(x))
+        detail_feats = None if detail is None else self._frozen(detail)
+        return self.forward_trainable(self._frozen(x), detail_feats)
 
-    def forward_calibrated(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward_calibrated(self, x: torch.Tensor, detail: torch.Tensor | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(score on the page's scale, MOS-scale score, factors): the exported outputs."""
         if self.calibration is None:
             raise ValueError("this model has no calibration (create it with calibrated=True)")
-        mos, factors = self(x)
+        mos, factors = self(x, detail)
         return self.calibration(mos), mos, factors
 
     def param_groups(
@@ -191,7 +217,7 @@ class QualityNet(nn.Module):
 
         Norm weights and biases (every tensor with fewer than 2 dims) get no weight decay.
         """
-        heads = [self.score_head, *self.level_norms]
+        heads = [self.score_head, *self.level_norms, *getattr(self, "detail_norms", [])]
         heads += [self.factor_head] if self.factor_head is not None else []
         sections = {
             "head": (lr, [p for h in heads for p in h.parameters()]),
@@ -218,11 +244,15 @@ def create_model(
     freeze_blocks: int = 0,
     pool_stages: tuple[int, ...] | list[int] = (),
     calibrated: bool = False,
+    detail_grid: int | None = None,
+    detail_patch: int = 32,
 ) -> QualityNet:
     """Build a QualityNet. ``pretrained``: True = bundled offline ImageNet weights
     (see ``BACKBONES``), False = random init, or a path to a .pth/.safetensors state_dict.
     ``pool_stages``: blocks whose mean/std the heads see besides the last stage (empty =
     v1's single global average). ``calibrated``: hold a MOS -> page-scale calibration.
+    ``detail_grid``: also see a ``detail_grid`` x ``detail_grid`` mosaic of native
+    ``detail_patch``-px patches (None = the global view only, as v1).
     """
     model_kwargs = {
         "backbone": backbone,
@@ -236,8 +266,15 @@ def create_model(
         model_kwargs["pool_stages"] = [int(s) for s in pool_stages]
     if calibrated:
         model_kwargs["calibrated"] = True
+    net = create_backbone(backbone, pretrained=pretrained)
+    detail_view = None
+    if detail_grid:
+        model_kwargs.update(detail_grid=int(detail_grid), detail_patch=int(detail_patch))
+        prep = backbone_preprocessing(net)
+        detail_view = DetailView(grid=int(detail_grid), patch=int(detail_patch),
+                                 mean=prep.mean, std=prep.std)
     return QualityNet(
-        create_backbone(backbone, pretrained=pretrained),
+        net,
         model_kwargs=model_kwargs,
         num_factors=num_factors,
         head_hidden=head_hidden,
@@ -245,4 +282,5 @@ def create_model(
         freeze_blocks=freeze_blocks,
         pool_stages=tuple(pool_stages),
         calibrated=calibrated,
+        detail_view=detail_view,
     )

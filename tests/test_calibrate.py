@@ -28,7 +28,7 @@ from iqa.training.multiview_data import level_samples  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def trained(fake_root, feature_cache_dir, tmp_path_factory):
+def trained(fake_root, feature_cache_dir, tmp_path_factory):  # noqa: F811
     """best.pt of a two-step livec_levels run (multi-level pooling) on the fake releases."""
     run_dir = tmp_path_factory.mktemp("calibrate") / "run"
     before = torch.get_num_threads()
@@ -50,7 +50,7 @@ def calibrated(trained):
     return out
 
 
-def test_calibration_is_fitted_on_the_runs_own_training_photos(trained, calibrated, fake_root):
+def test_calibration_is_fitted_on_the_runs_own_training_photos(trained, calibrated, fake_root):  # noqa: F811
     state = torch.load(calibrated, weights_only=False)
     report = state["metadata"]["calibration"]
     # The run's synthetic.subsets (kodak24, wikipedia), never the excluded folder.
@@ -72,7 +72,7 @@ def test_calibration_is_fitted_on_the_runs_own_training_photos(trained, calibrat
     assert all(torch.equal(before[k], state["model"][k]) for k in before)
 
 
-def test_calibration_fits_the_targets_better_than_none(calibrated, fake_root):
+def test_calibration_fits_the_targets_better_than_none(calibrated, fake_root):  # noqa: F811
     # The isotonic fit, read at its knots, must explain the level targets better than the
     # raw MOS does: recompute both from the calibrated model itself.
     from iqa.training.calibrate import calibrated_model, predict_mos
@@ -83,8 +83,8 @@ def test_calibration_fits_the_targets_better_than_none(calibrated, fake_root):
                                 state["model"]["calibration.knots_y"])
     photos = sorted(p for p in (fake_root / "pristine").rglob("*.jpg") if "bsds500" not in str(p))
     samples = list(calibration_samples(photos, 3, 0))
-    mos = predict_mos(model, [s[0] for s in samples], progress=False)
-    targets = np.asarray([s[1] for s in samples])
+    mos = predict_mos(model, [(s[0], s[1]) for s in samples], progress=False)
+    targets = np.asarray([s[2] for s in samples])
     with torch.no_grad():
         score = model.calibration(torch.from_numpy(mos.astype(np.float32))).numpy()
     assert np.mean((score - targets) ** 2) < np.mean((mos - targets) ** 2)

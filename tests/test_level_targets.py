@@ -121,7 +121,7 @@ def test_level_loss_regresses_known_levels_through_the_prior():
         training_loss(scores, torch.zeros(3, 8), batch, LossWeights(level_weight=1.0))
 
 
-def test_training_with_levels_logs_the_level_term(fake_root, feature_cache_dir, tmp_path,
+def test_training_with_levels_logs_the_level_term(fake_root, feature_cache_dir, tmp_path,  # noqa: F811
                                                   capsys):
     run_dir = tmp_path / "run"
     before = torch.get_num_threads()

@@ -23,10 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-# Versions whose damage only a native-resolution detail view shows are left out: a
-# single-view model sees their clean downscale, so their targets would be wrong for it.
-SKIP_HIDDEN = True
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", type=Path, help="checkpoint written by `iqa train` (.pt)")
@@ -47,32 +43,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def calibration_samples(photos: list[Path], per_distortion: int, seed: int):
-    """(image, target, distortion name) of every clean photo and its level versions."""
+def calibration_samples(photos: list[Path], per_distortion: int, seed: int,
+                        detail: bool = False):
+    """(image, detail source or None, target, distortion name) of every clean photo and
+    its level versions.
+
+    Versions whose damage only a native-resolution detail view shows (a clean global view,
+    a distorted detail view) are kept for a model with a detail view only: a single-view
+    model sees their clean thumbnail, so their targets would be wrong for it.
+    """
     from .multiview_data import level_samples
 
     for sample in level_samples(photos, seed=seed, per_distortion=per_distortion):
-        if SKIP_HIDDEN and sample.detail_source is not None:
+        if sample.detail_source is not None and not detail:
             continue
         name = sample.key.split("|")[1].split("@")[0] if "|" in sample.key else "clean"
-        yield sample.image, sample.target, name
+        yield sample.image, sample.detail_source, sample.target, name
 
 
-def predict_mos(model, images, *, progress: bool = True) -> np.ndarray:
-    """The model's MOS-scale score of each HxWx3 uint8 image, through inference's resize."""
+def predict_mos(model, samples, *, progress: bool = True) -> np.ndarray:
+    """The model's MOS-scale score of each (HxWx3 uint8 image, detail source or None),
+    through inference's own preprocessing."""
     import torch
     from PIL import Image
     from tqdm import tqdm
 
-    from iqa.inference.preprocess import to_model_input
+    from iqa.inference.preprocess import to_model_inputs
 
+    view = getattr(model, "detail_view", None)
     model.eval()
     out = []
     with torch.inference_mode():
-        for image in tqdm(images, desc="distorting and predicting", unit="img",
-                          disable=not progress, mininterval=2):
-            x = torch.from_numpy(to_model_input(Image.fromarray(image), model.preprocessing))
-            out.append(float(model(x[None])[0]))
+        for image, detail_source in tqdm(samples, desc="distorting and predicting",
+                                         unit="img", disable=not progress, mininterval=2):
+            inputs = to_model_inputs(Image.fromarray(image), model.preprocessing, view,
+                                     detail_source=detail_source)
+            tensors = [torch.from_numpy(x)[None] for x in inputs.values()]
+            out.append(float(model(*tensors)[0]))
     return np.asarray(out)
 
 
@@ -135,13 +142,16 @@ def run(args: argparse.Namespace) -> int:
     # Streamed: a version is distorted at its photo's own resolution, scored and dropped.
     targets, names = [], []
 
-    def images():
-        for image, target, name in calibration_samples(photos, args.per_distortion, args.seed):
+    detail = getattr(model, "detail_view", None) is not None
+
+    def samples():
+        for image, detail_source, target, name in calibration_samples(
+                photos, args.per_distortion, args.seed, detail):
             targets.append(target)
             names.append(name)
-            yield image
+            yield image, detail_source
 
-    mos = predict_mos(model, images(), progress=not args.no_progress)
+    mos = predict_mos(model, samples(), progress=not args.no_progress)
     targets = np.asarray(targets)
     knots = fit_calibration(mos, targets, args.knots)
     model.calibration.set_knots(*knots)

@@ -80,6 +80,11 @@ DEFAULTS: dict[str, Any] = {
         # Blocks whose mean/std the heads also see (multi-level pooling); [] = v1's single
         # global average of the last stage. The lowest allowed is freeze_blocks - 1.
         "pool_stages": [],
+        # A detail view: a detail_grid x detail_grid mosaic of native detail_patch-px
+        # patches beside the global view (null = the global view only, as v1). Its
+        # distortions are applied at the photo's own resolution.
+        "detail_grid": None,
+        "detail_patch": 32,
     },
     # Overrides of the model's Preprocessing (iqa.inference.contract); the mean/std come
     # from the backbone unless set here.

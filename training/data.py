@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from iqa.inference.contract import FACTOR_NAMES, Preprocessing
+from iqa.inference.contract import FACTOR_NAMES, DetailView, Preprocessing
 from iqa.inference.preprocess import decode_for_model as inference_decode
 from iqa.inference.preprocess import normalise, resize_for_model
 
@@ -74,7 +74,34 @@ def render(spec: ImageSpec, prep: Preprocessing) -> tuple[np.ndarray, np.ndarray
     Distortions are applied after the resize, at the resolution the model judges, so a
     severity means the same thing whatever the size of the source photo.
     """
-    rgb = decode_for_model(spec.path, prep)
+    return _distorted(decode_for_model(spec.path, prep), spec)
+
+
+def render_views(spec: ImageSpec, prep: Preprocessing, view: DetailView
+                 ) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+    """((global view, detail mosaic) as HxWx3 uint8, factor labels) of a spec, for a
+    model with a detail view.
+
+    Here the distortion is applied to the photo at its **own** resolution, before any
+    resize, and both views are cut from the result through inference's
+    ``to_model_pixels``: the mosaic must show a 3 px blur as 3 px, whatever the photo's
+    size. The library scales its strengths with the image, so a severity still means the
+    same visible damage on the global view.
+    """
+    from PIL import Image
+
+    from iqa.inference.contract import DETAIL_INPUT, INPUT_NAME
+    from iqa.inference.decode import decode_image
+    from iqa.inference.preprocess import to_model_pixels
+
+    native = np.asarray(decode_image(spec.path, max_pixels=None))  # our own training files
+    rgb, labels = _distorted(native, spec)
+    pixels = to_model_pixels(Image.fromarray(rgb), prep, view)
+    return (pixels[INPUT_NAME], pixels[DETAIL_INPUT]), labels
+
+
+def _distorted(rgb: np.ndarray, spec: ImageSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The spec's distortion and mirror applied to ``rgb``, and its factor labels."""
     labels = np.zeros(len(FACTOR_NAMES), dtype=np.float32)
     if spec.distortion is not None:
         from iqa.training.augment import DISTORTIONS, compose, distort_labelled, labels_to_vector
@@ -296,21 +323,33 @@ def window(length: int, size: int, position: float, align: int) -> tuple[int, in
     return min(int(position * slots), slots - 1) * align, size
 
 
+# A spec's tensor: the global view, or (global view, detail mosaic) for a model with a
+# detail view. Crops apply to the global view only: the mosaic already samples the frame.
+Views = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
 class ImageSource:
     """Specs rendered to normalised pixels on the fly (GPUs, full fine-tuning)."""
 
     from_features = False
 
-    def __init__(self, prep: Preprocessing, stride: int):
+    def __init__(self, prep: Preprocessing, stride: int, view: DetailView | None = None):
         self.prep = prep
+        self.view = view
         self.stride = stride  # crops are aligned to the frozen front's stride
         self.unit = 1  # crop sizes are in pixels
 
-    def load(self, spec: ImageSpec) -> tuple[torch.Tensor, np.ndarray]:
+    def load(self, spec: ImageSpec) -> tuple[Views, np.ndarray]:
+        if self.view is not None:
+            (image, detail), labels = render_views(spec, self.prep, self.view)
+            return (torch.from_numpy(normalise(image, self.prep)),
+                    torch.from_numpy(normalise(detail, self.view))), labels
         rgb, labels = render(spec, self.prep)
         return torch.from_numpy(normalise(rgb, self.prep)), labels
 
-    def crop(self, x: torch.Tensor, crop_px: int | None, u: float, v: float) -> torch.Tensor:
+    def crop(self, x: Views, crop_px: int | None, u: float, v: float) -> Views:
+        if isinstance(x, tuple):
+            return (self.crop(x[0], crop_px, u, v), x[1])
         if not crop_px:
             return x
         oy, h = window(x.shape[-2], crop_px, u, self.stride)
@@ -327,11 +366,15 @@ class FeatureSource:
         self.cache = cache
         self.stride = cache.stride
 
-    def load(self, spec: ImageSpec) -> tuple[torch.Tensor, np.ndarray]:
+    def load(self, spec: ImageSpec) -> tuple[Views, np.ndarray]:
         feats, labels = self.cache.load(spec)
+        if isinstance(feats, tuple):
+            return tuple(torch.from_numpy(f.astype(np.float32)) for f in feats), labels
         return torch.from_numpy(feats.astype(np.float32)), labels
 
-    def crop(self, x: torch.Tensor, crop_px: int | None, u: float, v: float) -> torch.Tensor:
+    def crop(self, x: Views, crop_px: int | None, u: float, v: float) -> Views:
+        if isinstance(x, tuple):
+            return (self.crop(x[0], crop_px, u, v), x[1])
         if not crop_px:
             return x
         cells = max(1, crop_px // self.stride)
@@ -340,13 +383,29 @@ class FeatureSource:
         return x[..., oy:oy + h, ox:ox + w]
 
 
-def group_by_shape(tensors: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """[(positions, stacked tensors)] for each distinct shape, so odd-sized images still batch."""
+def group_by_shape(tensors: Sequence[Views]) -> list[tuple[torch.Tensor, Views]]:
+    """[(positions, stacked tensors)] for each distinct shape, so odd-sized images still batch.
+
+    Pairs of views are grouped by the global view's shape (every mosaic has the same) and
+    stacked view by view.
+    """
     by_shape: dict[tuple, list[int]] = {}
     for i, t in enumerate(tensors):
-        by_shape.setdefault(tuple(t.shape), []).append(i)
-    return [(torch.tensor(idx, dtype=torch.long), torch.stack([tensors[i] for i in idx]))
-            for idx in by_shape.values()]
+        shape = tuple(t[0].shape) if isinstance(t, tuple) else tuple(t.shape)
+        by_shape.setdefault(shape, []).append(i)
+
+    def stack(idx: list[int]) -> Views:
+        if isinstance(tensors[idx[0]], tuple):
+            return tuple(torch.stack([tensors[i][k] for i in idx]) for k in range(2))
+        return torch.stack([tensors[i] for i in idx])
+
+    return [(torch.tensor(idx, dtype=torch.long), stack(idx)) for idx in by_shape.values()]
+
+
+def to_device(x: Views, device: torch.device) -> Views:
+    if isinstance(x, (tuple, list)):  # a DataLoader hands pairs back as lists
+        return tuple(t.to(device, non_blocking=True) for t in x)
+    return x.to(device, non_blocking=True)
 
 
 class StepDataset(Dataset):
@@ -415,7 +474,7 @@ class StepDataset(Dataset):
 
 def batch_to(batch: dict, device: torch.device) -> dict:
     out = dict(batch)
-    out["inputs"] = [(pos.to(device), x.to(device, non_blocking=True)) for pos, x in batch["inputs"]]
+    out["inputs"] = [(pos.to(device), to_device(x, device)) for pos, x in batch["inputs"]]
     for key, value in batch.items():
         if isinstance(value, torch.Tensor):
             out[key] = value.to(device, non_blocking=True)

@@ -20,12 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from iqa.inference.contract import (
+    DETAIL_INPUT,
     FACTORS_OUTPUT,
     INPUT_NAME,
     META_BACKBONE,
     META_CALIBRATION,
     META_CREATED,
     META_FACTOR_NAMES,
+    META_INPUTS,
     META_LICENSE,
     META_METRICS,
     META_MODEL_VERSION,
@@ -77,14 +79,23 @@ def _graph_module(model):
             super().__init__()
             self.inner = inner
 
-        def forward(self, x):
+        def forward(self, x, detail=None):
             if _is_calibrated(self.inner):
-                score, mos, factors = self.inner.forward_calibrated(x)
+                score, mos, factors = self.inner.forward_calibrated(x, detail)
                 return (score, mos, factors) if _has_factors(self.inner) else (score, mos)
-            score, factors = self.inner(x)
+            score, factors = self.inner(x, detail)
             return (score, factors) if _has_factors(self.inner) else score
 
     return Outputs(model)
+
+
+def _detail_view(model):
+    return getattr(model, "detail_view", None)
+
+
+def input_names(model) -> list[str]:
+    """``image``, and ``detail`` for a model with a detail view."""
+    return [INPUT_NAME] + ([DETAIL_INPUT] if _detail_view(model) is not None else [])
 
 
 def _is_calibrated(model) -> bool:
@@ -110,23 +121,30 @@ def _torch_to_onnx_bytes(model, opset: int, exporter: str) -> bytes:
     import torch
 
     module = _graph_module(model)
-    outputs = output_names(model)
-    sample = torch.zeros(1, 3, 64, 96, device=_device_of(model))
+    outputs, inputs = output_names(model), input_names(model)
+    device = _device_of(model)
+    sample = (torch.zeros(1, 3, 64, 96, device=device),)
+    view = _detail_view(model)
+    if view is not None:
+        sample += (torch.zeros(1, 3, view.side, view.side, device=device),)
     if exporter == "torchscript":
         # The TorchScript exporter is deprecated in favour of dynamo, but it exports a
         # Lite0 in under a second where dynamo takes minutes on a small CPU, and both give
         # the same graph numerically (parity below 1e-6). Silence only its deprecation notice.
-        axes = {INPUT_NAME: {0: "N", 2: "H", 3: "W"}, **{name: {0: "N"} for name in outputs}}
+        axes = {INPUT_NAME: {0: "N", 2: "H", 3: "W"},
+                **{name: {0: "N"} for name in [*inputs[1:], *outputs]}}
         buffer = io.BytesIO()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
-            torch.onnx.export(module, (sample,), buffer, dynamo=False, opset_version=opset,
-                              input_names=[INPUT_NAME], output_names=outputs,
+            torch.onnx.export(module, sample, buffer, dynamo=False, opset_version=opset,
+                              input_names=inputs, output_names=outputs,
                               dynamic_axes=axes, do_constant_folding=True)
         return buffer.getvalue()
     if exporter == "dynamo":
+        if view is not None:
+            raise ExportError("--exporter dynamo supports single-view models only")
         dim = torch.export.Dim.DYNAMIC
-        program = torch.onnx.export(module, (sample,), dynamo=True, opset_version=max(opset, 18),
+        program = torch.onnx.export(module, sample, dynamo=True, opset_version=max(opset, 18),
                                     input_names=[INPUT_NAME], output_names=outputs,
                                     dynamic_shapes=({0: dim, 2: dim, 3: dim},),
                                     external_data=False, verbose=False)
@@ -147,6 +165,8 @@ def default_metadata(model, preprocessing: Preprocessing) -> dict[str, str]:
     }
     if _has_factors(model):
         meta[META_FACTOR_NAMES] = json.dumps(list(model.factor_names))
+    if _detail_view(model) is not None:
+        meta[META_INPUTS] = json.dumps({DETAIL_INPUT: json.loads(model.detail_view.to_json())})
     if _is_calibrated(model):
         meta[META_CALIBRATION] = json.dumps({"knots_x": model.calibration.knots_x.tolist(),
                                              "knots_y": model.calibration.knots_y.tolist()})
@@ -273,8 +293,14 @@ def check_parity(
     names = [o.name for o in session.get_outputs()]
     if names != output_names(model):
         raise ParityError(f"{onnx_path}: outputs {names}, torch model has {output_names(model)}")
+    view = _detail_view(model)
     if inputs is None:
-        inputs = parity_inputs(model.preprocessing)
+        if view is not None:
+            from .export_multiview import parity_inputs as two_view_inputs
+
+            inputs = two_view_inputs(model.preprocessing, view)
+        else:
+            inputs = parity_inputs(model.preprocessing)
     device = _device_of(model)
     was_training = model.training
     model.eval()
@@ -282,17 +308,20 @@ def check_parity(
     worst = {name: 0.0 for name in names}
     try:
         for batch in inputs:
+            feed = batch if isinstance(batch, dict) else {INPUT_NAME: batch}
             with torch.no_grad():
-                expected = graph(torch.from_numpy(batch).to(device))
+                expected = graph(*(torch.from_numpy(feed[n]).to(device)
+                                   for n in input_names(model)))
             expected = expected if isinstance(expected, tuple) else (expected,)
-            got = session.run(names, {INPUT_NAME: batch})
+            got = session.run(names, feed)
             for name, e, g in zip(names, expected, got, strict=True):
                 worst[name] = max(worst[name], float(np.abs(g - e.cpu().numpy()).max()))
     finally:
         model.train(was_training)
     worst_score = max(worst[SCORE_OUTPUT], worst.get(MOS_OUTPUT, 0.0))
     worst_factors = worst.get(FACTORS_OUTPUT, 0.0)
-    report = ParityReport(worst_score, worst_factors, tuple(b.shape for b in inputs))
+    shapes = tuple((b[INPUT_NAME] if isinstance(b, dict) else b).shape for b in inputs)
+    report = ParityReport(worst_score, worst_factors, shapes)
     if worst_score > atol or worst_factors > atol:
         raise ParityError(f"{onnx_path}: torch and onnxruntime disagree beyond {atol}: {report}")
     return report

@@ -22,7 +22,7 @@ import torch
 from iqa.inference.contract import Preprocessing
 from iqa.inference.preprocess import normalise
 
-from .data import ImageSpec, group_by_shape, prefetch, render
+from .data import ImageSpec, group_by_shape, prefetch, render, render_views
 
 
 def weights_digest(module: torch.nn.Module) -> str:
@@ -115,10 +115,13 @@ class FeatureCache:
         key = self.key(spec)
         return self.dir / key[:2] / f"{key}.npz"
 
-    def load(self, spec: ImageSpec) -> tuple[np.ndarray, np.ndarray]:
+    def load(self, spec: ImageSpec):
+        """(features, labels); features are (global, detail) for a model with a detail view."""
         path = self.path(spec)
         try:
             with np.load(path) as data:
+                if "detail" in data:
+                    return (data["feats"], data["detail"]), data["labels"]
                 return data["feats"], data["labels"]
         except FileNotFoundError as exc:
             raise RuntimeError(f"feature cache has no entry for {spec} ({path}); "
@@ -147,14 +150,27 @@ class FeatureCache:
         bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress, leave=False)
         buffer: list[tuple[ImageSpec, np.ndarray, np.ndarray]] = []
 
+        view = getattr(self.model, "detail_view", None)
+
+        def tensors_of(pixels):
+            if view is None:
+                return torch.from_numpy(normalise(pixels, self.prep))
+            return (torch.from_numpy(normalise(pixels[0], self.prep)),
+                    torch.from_numpy(normalise(pixels[1], view)))
+
+        def front(x):
+            return self.model.forward_frozen(x.to(device)).float().cpu().numpy()
+
         def flush():
             t0 = time.perf_counter()
-            tensors = [torch.from_numpy(normalise(rgb, self.prep)) for _, rgb, _ in buffer]
+            tensors = [tensors_of(pixels) for _, pixels, _ in buffer]
             for positions, x in group_by_shape(tensors):
-                feats = self.model.forward_frozen(x.to(device)).float().cpu().numpy()
+                feats = front(x[0]) if view is not None else front(x)
+                detail = front(x[1]) if view is not None else None
                 for j, i in enumerate(positions.tolist()):
                     spec, _, labels = buffer[i]
-                    self._write(spec, feats[j].astype(np.float16), labels)
+                    self._write(spec, feats[j].astype(np.float16), labels,
+                                None if detail is None else detail[j].astype(np.float16))
             stats.forward_seconds += time.perf_counter() - t0
             stats.built += len(buffer)
             bar.update(len(buffer))
@@ -162,8 +178,11 @@ class FeatureCache:
 
         def timed_render(spec):
             t0 = time.perf_counter()
-            rgb, labels = render(spec, self.prep)
-            return spec, rgb, labels, time.perf_counter() - t0
+            if view is None:
+                pixels, labels = render(spec, self.prep)
+            else:
+                pixels, labels = render_views(spec, self.prep, view)
+            return spec, pixels, labels, time.perf_counter() - t0
 
         try:
             for spec, rgb, labels, seconds in prefetch(timed_render, todo, ahead=2 * self.batch_size):
@@ -190,12 +209,16 @@ class FeatureCache:
         except (OSError, ValueError):
             return (0, 0)  # unreadable: render() reports it with the file's name
 
-    def _write(self, spec: ImageSpec, feats: np.ndarray, labels: np.ndarray) -> None:
+    def _write(self, spec: ImageSpec, feats: np.ndarray, labels: np.ndarray,
+               detail: np.ndarray | None = None) -> None:
         path = self.path(spec)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        arrays = {"feats": feats, "labels": labels.astype(np.float32)}
+        if detail is not None:
+            arrays["detail"] = detail
         with open(tmp, "wb") as handle:
-            np.savez(handle, feats=feats, labels=labels.astype(np.float32))
+            np.savez(handle, **arrays)
         os.replace(tmp, path)
 
 

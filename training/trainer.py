@@ -35,6 +35,7 @@ from .data import (
     plan_epoch,
     prefetch,
     steps_per_epoch,
+    to_device,
 )
 from .distributed import DistInfo, all_gather_object, barrier, broadcast_object
 from .front_cache import FeatureCache, frozen_stride, parameters_digest
@@ -67,7 +68,7 @@ class StepModel(nn.Module):
         run = self.model.forward_trainable if self.from_features else self.model
         positions, scores, factors = [], [], []
         for pos, x in inputs:
-            s, f = run(x)
+            s, f = run(*x) if isinstance(x, (tuple, list)) else run(x)
             positions.append(pos)
             scores.append(s)
             factors.append(f)
@@ -118,6 +119,7 @@ class Trainer:
             backbone=m["backbone"], pretrained=m["pretrained"], num_factors=len(FACTOR_NAMES),
             head_hidden=int(m["head_hidden"]), dropout=float(m["dropout"]),
             freeze_blocks=int(m["freeze_blocks"]), pool_stages=tuple(m["pool_stages"] or ()),
+            detail_grid=m["detail_grid"], detail_patch=int(m["detail_patch"]),
         ).to(self.device)
         self.prep = preprocessing_for(self.model, cfg)
         self.data = prepare_data(cfg, self.run_dir, info, resuming=self.resume is not None)
@@ -173,7 +175,7 @@ class Trainer:
                          f"{stats.seconds:.1f} s ({stats.seconds_per_image:.3f} s/img) "
                          f"under {self.cache.dir}")
             return FeatureSource(self.cache)
-        return ImageSource(self.prep, self.stride)
+        return ImageSource(self.prep, self.stride, getattr(self.model, "detail_view", None))
 
     def _build_optimisation(self) -> None:
         """Step counts, AdamW with layer-wise groups, warm-up + cosine, AMP, DDP wrapper."""
@@ -445,7 +447,8 @@ class Trainer:
             for positions, x in group_by_shape([t for _, t in chunk]):
                 with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                     enabled=self.amp_dtype is not None):
-                    s, _ = run(x.to(self.device))
+                    x = to_device(x, self.device)
+                    s, _ = run(*x) if isinstance(x, tuple) else run(x)
                 for j, p in enumerate(positions.tolist()):
                     scores[chunk[p][0]] = float(s[j])
             chunk.clear()
