@@ -64,12 +64,21 @@ def last_validation(run: Path) -> dict | None:
 
 
 def summarise(out: Path, folds: list[int]) -> dict:
-    per_fold = {}
+    """Last-epoch figures of the folds whose run is complete; running ones are listed apart,
+    since their last validation is of an epoch part-way through the recipe."""
+    per_fold, running = {}, []
     for k in folds:
-        result = last_validation(out / f"fold{k}" / "run")
-        if result is not None:
+        run = out / f"fold{k}" / "run"
+        result = last_validation(run)
+        if result is None:
+            continue
+        if (run / "summary.json").is_file():
             per_fold[k] = result
+        else:
+            running.append(k)
     summary: dict = {"folds": per_fold}
+    if running:
+        summary["running"] = running
     if len(per_fold) >= 2:
         for metric in ("srcc", "plcc"):
             values = [r[metric] for r in per_fold.values()]

@@ -36,8 +36,10 @@ def test_the_committed_folds_cover_livec_once(cv):
     assert len(folds) == 871 and set(folds.values()) == {0, 1, 2, 3, 4}
 
 
-def _metrics(run: Path, val_srcc: list[float]) -> None:
+def _metrics(run: Path, val_srcc: list[float], complete: bool = True) -> None:
     run.mkdir(parents=True)
+    if complete:
+        (run / "summary.json").write_text("{}")  # what the trainer writes when it ends
     with (run / "metrics.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, ["kind", "epoch", "step", "val_n", "val_srcc", "val_plcc"])
         writer.writeheader()
@@ -50,10 +52,11 @@ def _metrics(run: Path, val_srcc: list[float]) -> None:
 def test_summary_reads_the_last_epoch_not_the_best(cv, tmp_path):
     _metrics(tmp_path / "fold0" / "run", [0.70, 0.85, 0.80])  # best 0.85 at epoch 1
     _metrics(tmp_path / "fold1" / "run", [0.60, 0.74])
-    summary = cv.summarise(tmp_path, [0, 1, 2])  # fold 2 has not run: left out
+    _metrics(tmp_path / "fold3" / "run", [0.5], complete=False)  # still training
+    summary = cv.summarise(tmp_path, [0, 1, 2, 3])  # fold 2 has not run: left out
     assert summary["folds"][0] == {"epoch": 2, "srcc": 0.80, "plcc": pytest.approx(0.82),
                                    "n": 170}
-    assert sorted(summary["folds"]) == [0, 1]
+    assert sorted(summary["folds"]) == [0, 1] and summary["running"] == [3]
     assert summary["srcc"]["mean"] == pytest.approx(0.77)
     assert summary["srcc"]["std"] == pytest.approx(0.0424264, abs=1e-6)  # stdev(0.80, 0.74)
 
