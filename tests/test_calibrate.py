@@ -67,6 +67,7 @@ def test_calibration_is_fitted_on_the_runs_own_training_photos(trained, calibrat
     assert np.all(np.diff(xs) > 0) and np.all(np.diff(ys) > 0)  # strictly: ranks never tie
     assert np.allclose(state["model"]["calibration.knots_x"].numpy(), xs)
     assert calibrated.with_suffix(".png").stat().st_size > 10_000
+    assert "optimizer" not in state and "rng" not in state  # weights, not a run to resume
     # Training weights are carried over unchanged.
     before = torch.load(trained, weights_only=False)["model"]
     assert all(torch.equal(before[k], state["model"][k]) for k in before)

@@ -165,7 +165,10 @@ def run(args: argparse.Namespace) -> int:
               "knots_x": knots[0], "knots_y": knots[1],
               "srcc_mos_vs_target": round(float(spearmanr(mos, targets)[0]), 4),
               "by_distortion": summarise(names, targets, mos, score)}
-    out = dict(checkpoint)
+    # The weights and what describes them; not the trainer's state, so that nobody resumes
+    # training from a calibrated file (its calibration would not survive an epoch).
+    trainer_state = ("optimizer", "scheduler", "scaler", "rng", "history")
+    out = {k: v for k, v in checkpoint.items() if k not in trainer_state}
     out["model"] = model.state_dict()
     out["model_kwargs"] = dict(model.model_kwargs)
     out["metadata"] = {**(checkpoint.get("metadata") or {}), "calibration": report}
