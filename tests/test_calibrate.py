@@ -13,12 +13,10 @@ pytest.importorskip("timm")
 onnx = pytest.importorskip("onnx")
 
 from test_train_fakes import (  # noqa: E402, F401  (fixtures)
-    CONFIGS,
-    cli_args,
     fake_root,
     feature_cache_dir,
-    one_thread,
     tiny_overrides,
+    train_tiny,
 )
 
 from iqa.inference import QualityModel  # noqa: E402
@@ -31,14 +29,7 @@ from iqa.training.multiview_data import level_samples  # noqa: E402
 def trained(fake_root, feature_cache_dir, tmp_path_factory):  # noqa: F811
     """best.pt of a two-step livec_levels run (multi-level pooling) on the fake releases."""
     run_dir = tmp_path_factory.mktemp("calibrate") / "run"
-    before = torch.get_num_threads()
-    try:
-        argv = cli_args("train", str(CONFIGS / "livec_levels.yaml"), "--output", str(run_dir),
-                        "--data-root", str(fake_root), "--no-progress", "--device", "cpu",
-                        "--threads", "1", sets=tiny_overrides(feature_cache_dir))
-        assert main(argv) == 0
-    finally:
-        torch.set_num_threads(before)
+    assert train_tiny("livec_levels", run_dir, fake_root, tiny_overrides(feature_cache_dir)) == 0
     return run_dir / "best.pt"
 
 

@@ -14,12 +14,11 @@ onnx = pytest.importorskip("onnx")
 
 from PIL import Image  # noqa: E402
 from test_train_fakes import (  # noqa: E402, F401  (fixtures)
-    CONFIGS,
-    cli_args,
     fake_root,
     feature_cache_dir,
     make_photo,
     tiny_overrides,
+    train_tiny,
 )
 
 from iqa.inference import QualityModel  # noqa: E402
@@ -85,15 +84,8 @@ def test_render_views_distorts_the_native_photo_before_either_view(tmp_path):
 
 
 def _train(run_dir, fake_root, cache_dir, extra):  # noqa: F811
-    before = torch.get_num_threads()
-    try:
-        argv = cli_args("train", str(CONFIGS / "livec_levels.yaml"), "--output", str(run_dir),
-                        "--data-root", str(fake_root), "--no-progress", "--device", "cpu",
-                        "--threads", "1",
-                        sets=[*tiny_overrides(cache_dir), *DETAIL_SETS, *extra])
-        return main(argv)
-    finally:
-        torch.set_num_threads(before)
+    return train_tiny("livec_levels", run_dir, fake_root,
+                      [*tiny_overrides(cache_dir), *DETAIL_SETS, *extra])
 
 
 def test_training_caches_both_views_and_exports_a_two_input_model(

@@ -13,15 +13,13 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 
 from test_train_fakes import (  # noqa: E402, F401  (fixtures)
-    CONFIGS,
-    cli_args,
     fake_pristine,
     fake_root,
     feature_cache_dir,
     tiny_overrides,
+    train_tiny,
 )
 
-from iqa.inference.cli import main  # noqa: E402
 from iqa.training.data import COMPOSE, build_synthetic_pool, list_photos  # noqa: E402
 from iqa.training.levels import (  # noqa: E402
     CLEAN_TARGET,
@@ -124,16 +122,9 @@ def test_level_loss_regresses_known_levels_through_the_prior():
 def test_training_with_levels_logs_the_level_term(fake_root, feature_cache_dir, tmp_path,  # noqa: F811
                                                   capsys):
     run_dir = tmp_path / "run"
-    before = torch.get_num_threads()
-    try:
-        argv = cli_args("train", str(CONFIGS / "livec_levels.yaml"), "--output", str(run_dir),
-                        "--data-root", str(fake_root), "--no-progress", "--device", "cpu",
-                        "--threads", "1",
-                        sets=[*tiny_overrides(feature_cache_dir, steps=3),
-                              "loss.level_weight=1.0", "synthetic.distortions=[gaussian_blur]"])
-        assert main(argv) == 0
-    finally:
-        torch.set_num_threads(before)
+    sets = [*tiny_overrides(feature_cache_dir, steps=3), "loss.level_weight=1.0",
+            "synthetic.distortions=[gaussian_blur]"]
+    assert train_tiny("livec_levels", run_dir, fake_root, sets) == 0
     captured = capsys.readouterr()
     assert "levels: page-scale targets -> MOS" in captured.out + captured.err
     with open(run_dir / "metrics.csv", newline="") as handle:

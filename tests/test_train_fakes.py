@@ -137,6 +137,22 @@ def cli_args(*args: str, sets: list[str] = ()) -> list[str]:
     return out
 
 
+def train_tiny(recipe: str, run_dir: Path, data_root: Path, sets: list[str]) -> int:
+    """`iqa train configs/<recipe>.yaml` on the fake releases, on one CPU thread; torch's
+    thread count is restored afterwards. Returns the exit code."""
+    import torch
+
+    from iqa.inference.cli import main
+
+    before = torch.get_num_threads()
+    try:
+        return main(cli_args("train", str(CONFIGS / f"{recipe}.yaml"), "--output", str(run_dir),
+                             "--data-root", str(data_root), "--no-progress", "--device", "cpu",
+                             "--threads", "1", sets=sets))
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture
 def one_thread():
     """"1" for --threads; restores torch's thread count afterwards. Tiny tensors run faster
