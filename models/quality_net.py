@@ -13,6 +13,12 @@ runs on both views and the heads see both pooled vectors, so pixel-level blur, n
 compression that the downscaled global view hides still reach them. ``forward`` then
 takes ``(image, detail)``.
 
+With ``exposure_stats`` the heads also see statistics of the input pixels themselves
+(:mod:`.exposure`: a luminance histogram, clipping, colour): ImageNet features are nearly
+blind to exposure. They are computed inside ``forward`` from the normalised input, so the
+inputs stay the same; the feature cache stores them beside the front's output, and
+``forward_trainable`` then takes them as its last argument.
+
 With ``calibrated`` the model also holds a monotone calibration from its MOS-scale score
 onto the reference page's scale (fitted after training by ``iqa calibrate``);
 ``forward_calibrated`` returns ``(score, mos, factors)`` and is what the ONNX graph runs.
@@ -34,6 +40,7 @@ from iqa.inference.contract import FACTOR_NAMES, DetailView, Preprocessing
 
 from .backbones import BackboneError, backbone_preprocessing, create_backbone
 from .calibration import MonotoneCalibration
+from .exposure import EMBED_WIDTH, ExposureFeatures
 from .heads import MLPHead
 from .pooling import mean_std
 
@@ -63,6 +70,7 @@ class QualityNet(nn.Module):
         calibrated: bool = False,
         detail_view: DetailView | None = None,
         preprocessing: Preprocessing | None = None,
+        exposure_stats: bool = False,
     ):
         super().__init__()
         self.backbone = backbone
@@ -102,11 +110,15 @@ class QualityNet(nn.Module):
             self.detail_norms = nn.ModuleList(
                 nn.LayerNorm(norm.normalized_shape[0]) for norm in self.level_norms)
             features *= 2
+        self.preprocessing = preprocessing or backbone_preprocessing(backbone)
+        self.exposure = None
+        if exposure_stats:
+            self.exposure = ExposureFeatures(self.preprocessing.mean, self.preprocessing.std)
+            features += EMBED_WIDTH
         self.score_head = MLPHead(features, head_hidden, 1, dropout)
         self.factor_head = MLPHead(features, head_hidden, num_factors, dropout) if num_factors else None
         # Identity until fitted; a buffer, so it never trains and travels in the state_dict.
         self.calibration = MonotoneCalibration() if calibrated else None
-        self.preprocessing = preprocessing or backbone_preprocessing(backbone)
         self.model_kwargs = dict(model_kwargs)
         for param in self.frozen_modules().parameters():
             param.requires_grad_(False)
@@ -164,15 +176,24 @@ class QualityNet(nn.Module):
         pooled = self.backbone.forward_head(x, pre_logits=True)
         return torch.cat([*levels, pooled], dim=1) if levels else pooled
 
-    def forward_trainable(self, feats: torch.Tensor, detail_feats: torch.Tensor | None = None
+    def forward_trainable(self, feats: torch.Tensor, *extra: torch.Tensor
                           ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The rest of the network on ``forward_frozen`` output (of the detail view too, if
-        the model has one): (score (N,), factors (N, K))."""
+        """The rest of the network on ``forward_frozen`` output: (score (N,), factors (N, K)).
+
+        ``extra`` is what the model has besides the global view, in this order: the detail
+        view's ``forward_frozen`` output, then the input's ``exposure.stats`` (the order the
+        feature cache stores them in).
+        """
+        wanted = (self.detail_view is not None) + (self.exposure is not None)
+        if len(extra) != wanted:
+            raise ValueError(f"this model takes {wanted} input(s) besides the global view's "
+                             f"features (detail view: {self.detail_view is not None}, "
+                             f"exposure statistics: {self.exposure is not None}), got {len(extra)}")
         pooled = self._pooled(feats, self.level_norms)
         if self.detail_view is not None:
-            if detail_feats is None:
-                raise ValueError("this model has a detail view: pass the detail input too")
-            pooled = torch.cat([pooled, self._pooled(detail_feats, self.detail_norms)], dim=1)
+            pooled = torch.cat([pooled, self._pooled(extra[0], self.detail_norms)], dim=1)
+        if self.exposure is not None:
+            pooled = torch.cat([pooled, self.exposure(extra[-1])], dim=1)
         score = self.score_head(pooled).squeeze(-1)
         if self.factor_head is None:
             factors = pooled.new_zeros((pooled.shape[0], 0))
@@ -199,8 +220,10 @@ class QualityNet(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         # No no_grad here: frozen weights need no gradient anyway, and keeping the graph
         # plain lets the ONNX exporters trace straight through.
-        detail_feats = None if detail is None else self._frozen(detail)
-        return self.forward_trainable(self._frozen(x), detail_feats)
+        extra = [] if detail is None else [self._frozen(detail)]
+        if self.exposure is not None:
+            extra.append(self.exposure.stats(x))
+        return self.forward_trainable(self._frozen(x), *extra)
 
     def forward_calibrated(self, x: torch.Tensor, detail: torch.Tensor | None = None
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -218,6 +241,7 @@ class QualityNet(nn.Module):
         Norm weights and biases (every tensor with fewer than 2 dims) get no weight decay.
         """
         heads = [self.score_head, *self.level_norms, *getattr(self, "detail_norms", [])]
+        heads += [self.exposure] if self.exposure is not None else []
         heads += [self.factor_head] if self.factor_head is not None else []
         sections = {
             "head": (lr, [p for h in heads for p in h.parameters()]),
@@ -246,13 +270,15 @@ def create_model(
     calibrated: bool = False,
     detail_grid: int | None = None,
     detail_patch: int = 32,
+    exposure_stats: bool = False,
 ) -> QualityNet:
     """Build a QualityNet. ``pretrained``: True = bundled offline ImageNet weights
     (see ``BACKBONES``), False = random init, or a path to a .pth/.safetensors state_dict.
     ``pool_stages``: blocks whose mean/std the heads see besides the last stage (empty =
     v1's single global average). ``calibrated``: hold a MOS -> page-scale calibration.
     ``detail_grid``: also see a ``detail_grid`` x ``detail_grid`` mosaic of native
-    ``detail_patch``-px patches (None = the global view only, as v1).
+    ``detail_patch``-px patches (None = the global view only, as v1). ``exposure_stats``:
+    the heads also see statistics of the input pixels (:mod:`.exposure`).
     """
     model_kwargs = {
         "backbone": backbone,
@@ -266,6 +292,8 @@ def create_model(
         model_kwargs["pool_stages"] = [int(s) for s in pool_stages]
     if calibrated:
         model_kwargs["calibrated"] = True
+    if exposure_stats:
+        model_kwargs["exposure_stats"] = True
     net = create_backbone(backbone, pretrained=pretrained)
     detail_view = None
     if detail_grid:
@@ -283,4 +311,5 @@ def create_model(
         pool_stages=tuple(pool_stages),
         calibrated=calibrated,
         detail_view=detail_view,
+        exposure_stats=exposure_stats,
     )

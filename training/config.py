@@ -85,6 +85,9 @@ DEFAULTS: dict[str, Any] = {
         # distortions are applied at the photo's own resolution.
         "detail_grid": None,
         "detail_patch": 32,
+        # The heads also see a luminance histogram, clipping and colour of the input
+        # (iqa.models.exposure): CNN features alone hardly see exposure.
+        "exposure_stats": False,
     },
     # Overrides of the model's Preprocessing (iqa.inference.contract); the mean/std come
     # from the backbone unless set here.

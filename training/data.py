@@ -325,7 +325,9 @@ def window(length: int, size: int, position: float, align: int) -> tuple[int, in
 
 # A spec's tensor: the global view, or (global view, detail mosaic) for a model with a
 # detail view. Crops apply to the global view only: the mosaic already samples the frame.
-Views = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+# The global view alone, or with what the model takes besides it: (global, detail),
+# (global features, exposure statistics) or (global, detail, exposure statistics).
+Views = torch.Tensor | tuple[torch.Tensor, ...]
 
 
 class ImageSource:
@@ -348,8 +350,8 @@ class ImageSource:
         return torch.from_numpy(normalise(rgb, self.prep)), labels
 
     def crop(self, x: Views, crop_px: int | None, u: float, v: float) -> Views:
-        if isinstance(x, tuple):
-            return (self.crop(x[0], crop_px, u, v), x[1])
+        if isinstance(x, tuple):  # only the global view is cropped
+            return (self.crop(x[0], crop_px, u, v), *x[1:])
         if not crop_px:
             return x
         oy, h = window(x.shape[-2], crop_px, u, self.stride)
@@ -373,8 +375,10 @@ class FeatureSource:
         return torch.from_numpy(feats.astype(np.float32)), labels
 
     def crop(self, x: Views, crop_px: int | None, u: float, v: float) -> Views:
+        # Only the global view is cropped; the exposure statistics stay the whole photo's,
+        # which is what inference computes them on.
         if isinstance(x, tuple):
-            return (self.crop(x[0], crop_px, u, v), x[1])
+            return (self.crop(x[0], crop_px, u, v), *x[1:])
         if not crop_px:
             return x
         cells = max(1, crop_px // self.stride)
@@ -386,8 +390,8 @@ class FeatureSource:
 def group_by_shape(tensors: Sequence[Views]) -> list[tuple[torch.Tensor, Views]]:
     """[(positions, stacked tensors)] for each distinct shape, so odd-sized images still batch.
 
-    Pairs of views are grouped by the global view's shape (every mosaic has the same) and
-    stacked view by view.
+    Tuples of views are grouped by the global view's shape (every mosaic and statistics
+    vector has the same) and stacked view by view.
     """
     by_shape: dict[tuple, list[int]] = {}
     for i, t in enumerate(tensors):
@@ -396,7 +400,8 @@ def group_by_shape(tensors: Sequence[Views]) -> list[tuple[torch.Tensor, Views]]
 
     def stack(idx: list[int]) -> Views:
         if isinstance(tensors[idx[0]], tuple):
-            return tuple(torch.stack([tensors[i][k] for i in idx]) for k in range(2))
+            return tuple(torch.stack([tensors[i][k] for i in idx])
+                         for k in range(len(tensors[idx[0]])))
         return torch.stack([tensors[i] for i in idx])
 
     return [(torch.tensor(idx, dtype=torch.long), stack(idx)) for idx in by_shape.values()]

@@ -116,13 +116,13 @@ class FeatureCache:
         return self.dir / key[:2] / f"{key}.npz"
 
     def load(self, spec: ImageSpec):
-        """(features, labels); features are (global, detail) for a model with a detail view."""
+        """(features, labels); features are the global view's map, or a tuple of it and what
+        the model takes besides (``forward_trainable``'s order: detail map, exposure stats)."""
         path = self.path(spec)
         try:
             with np.load(path) as data:
-                if "detail" in data:
-                    return (data["feats"], data["detail"]), data["labels"]
-                return data["feats"], data["labels"]
+                views = [data[k] for k in ("feats", "detail", "exposure") if k in data]
+                return (tuple(views) if len(views) > 1 else views[0]), data["labels"]
         except FileNotFoundError as exc:
             raise RuntimeError(f"feature cache has no entry for {spec} ({path}); "
                                "build it first (FeatureCache.build)") from exc
@@ -161,16 +161,24 @@ class FeatureCache:
         def front(x):
             return self.model.forward_frozen(x.to(device)).float().cpu().numpy()
 
+        exposure = getattr(self.model, "exposure", None)
+
         def flush():
             t0 = time.perf_counter()
             tensors = [tensors_of(pixels) for _, pixels, _ in buffer]
             for positions, x in group_by_shape(tensors):
-                feats = front(x[0]) if view is not None else front(x)
+                image = x[0] if view is not None else x
+                feats = front(image)
                 detail = front(x[1]) if view is not None else None
+                exposure_stats = None
+                if exposure is not None:
+                    with torch.no_grad():
+                        exposure_stats = exposure.stats(image.to(device)).cpu().numpy()
                 for j, i in enumerate(positions.tolist()):
                     spec, _, labels = buffer[i]
                     self._write(spec, feats[j].astype(np.float16), labels,
-                                None if detail is None else detail[j].astype(np.float16))
+                                None if detail is None else detail[j].astype(np.float16),
+                                None if exposure_stats is None else exposure_stats[j])
             stats.forward_seconds += time.perf_counter() - t0
             stats.built += len(buffer)
             bar.update(len(buffer))
@@ -210,13 +218,15 @@ class FeatureCache:
             return (0, 0)  # unreadable: render() reports it with the file's name
 
     def _write(self, spec: ImageSpec, feats: np.ndarray, labels: np.ndarray,
-               detail: np.ndarray | None = None) -> None:
+               detail: np.ndarray | None = None, exposure: np.ndarray | None = None) -> None:
         path = self.path(spec)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         arrays = {"feats": feats, "labels": labels.astype(np.float32)}
         if detail is not None:
             arrays["detail"] = detail
+        if exposure is not None:
+            arrays["exposure"] = exposure.astype(np.float32)
         with open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
         os.replace(tmp, path)

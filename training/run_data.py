@@ -86,6 +86,7 @@ def prepare_data(cfg: dict, run_dir: Path, info: DistInfo, resuming: bool) -> Tr
 def describe_data(cfg: dict, train: list, val: list, photos: list, pool: list) -> str:
     """The human-readable ``training_data`` metadata string carried into the ONNX model."""
     data, syn = cfg["data"], cfg["synthetic"]
+    level_weight = (cfg.get("loss") or {}).get("level_weight", 0.0)
     parts = []
     if data["dataset"]:
         name = data["dataset"]
@@ -106,8 +107,14 @@ def describe_data(cfg: dict, train: list, val: list, photos: list, pool: list) -
         parts.append(
             f"synthetic: {len(pool)} distortion groups from {len(photos)} pristine photos "
             f"({syn['groups_per_photo']} single-distortion groups at two severities and "
-            f"{syn['composed_per_photo']} composed copies per photo), supervising only "
-            f"rankings against their originals and the factor head, never an absolute score"
+            f"{syn['composed_per_photo']} composed copies per photo), supervising "
+            + (
+                f"rankings against their originals, the factor head and absolute page-scale "
+                f"levels from the severity (loss.level_weight {float(level_weight):g})"
+                if level_weight
+                else "only rankings against their originals and the factor head, never an "
+                "absolute score"
+            )
         )
     return "; ".join(parts)
 
@@ -121,4 +128,11 @@ def preprocessing_for(model, cfg: dict) -> Preprocessing:
     for key in ("mean", "std"):
         if key in overrides:
             overrides[key] = tuple(float(v) for v in overrides[key])
-    return dataclasses.replace(model.preprocessing, **overrides)
+    prep = dataclasses.replace(model.preprocessing, **overrides)
+    exposure = getattr(model, "exposure", None)
+    if exposure is not None and (prep.mean, prep.std) != (model.preprocessing.mean,
+                                                           model.preprocessing.std):
+        # The exposure statistics undo the backbone's normalisation inside the graph.
+        raise ConfigError("model.exposure_stats needs the backbone's own preprocessing "
+                          "mean and std; drop preprocessing.mean/std from the config")
+    return prep

@@ -120,6 +120,7 @@ class Trainer:
             head_hidden=int(m["head_hidden"]), dropout=float(m["dropout"]),
             freeze_blocks=int(m["freeze_blocks"]), pool_stages=tuple(m["pool_stages"] or ()),
             detail_grid=m["detail_grid"], detail_patch=int(m["detail_patch"]),
+            exposure_stats=bool(m["exposure_stats"]),
         ).to(self.device)
         self.prep = preprocessing_for(self.model, cfg)
         self.data = prepare_data(cfg, self.run_dir, info, resuming=self.resume is not None)
