@@ -28,7 +28,7 @@ RECIPES = sorted(p.stem for p in CONFIGS.glob("*.yaml")
 
 
 def test_every_shipped_recipe_is_covered():
-    assert {"livec", "livec_full", "koniq10k", "spaq", "kadid10k"} <= set(RECIPES)
+    assert {"livec", "livec_full", "livec_levels", "koniq10k", "spaq", "kadid10k"} <= set(RECIPES)
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
