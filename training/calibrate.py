@@ -17,7 +17,6 @@ prediction as ``mos``. A monotone map changes no ranking, so SRCC is the same fo
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -96,19 +95,9 @@ def summarise(names: list[str], targets: np.ndarray, mos: np.ndarray, score: np.
 
 def calibrated_model(checkpoint: dict):
     """The checkpoint's QualityNet rebuilt with a (still identity) calibration module."""
-    from iqa.inference.contract import Preprocessing
-    from iqa.models import create_model
+    from .export import model_from_checkpoint
 
-    kwargs = {**checkpoint["model_kwargs"], "calibrated": True}
-    model = create_model(**kwargs, pretrained=False)
-    state = {k: v for k, v in checkpoint["model"].items() if not k.startswith("calibration.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or any(not k.startswith("calibration.") for k in missing):
-        raise ValueError(f"checkpoint does not match its model_kwargs: missing {missing}, "
-                         f"unexpected {unexpected}")
-    if checkpoint.get("preprocessing"):
-        model.preprocessing = Preprocessing.from_json(json.dumps(checkpoint["preprocessing"]))
-    return model.eval()
+    return model_from_checkpoint(checkpoint, fresh_calibration=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -117,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
     from .config import ConfigError
     from .data import list_photos
+    from .export import ExportError
     from .heads import fit_calibration
     from .plots import calibration_plot
 
@@ -133,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("the checkpoint's config names no synthetic.root: pass --photos")
         subsets = args.subsets if args.subsets is not None else syn.get("subsets")
         photos = list_photos(root, None, 0, subsets or None)
-    except (FileNotFoundError, KeyError, ValueError, ConfigError) as exc:
+    except (FileNotFoundError, KeyError, ValueError, ConfigError, ExportError) as exc:
         print(f"iqa calibrate: {exc}", file=sys.stderr)
         return 2
 

@@ -355,21 +355,31 @@ def license_text(checkpoint: dict) -> str:
     return " ".join(parts)
 
 
-def model_from_checkpoint(checkpoint: dict):
-    """Rebuild the QualityNet a checkpoint was trained as, with its weights."""
+def model_from_checkpoint(checkpoint: dict, *, fresh_calibration: bool = False):
+    """Rebuild the QualityNet a checkpoint was trained as, with its weights.
+
+    ``fresh_calibration``: hold an identity calibration instead of the checkpoint's own (if
+    any), for `iqa calibrate` to fit.
+    """
     from iqa.models import BackboneError, create_model
 
     missing = [k for k in ("model", "model_kwargs") if k not in checkpoint]
     if missing:
         raise ExportError(f"checkpoint lacks {', '.join(missing)}: not written by `iqa train`?")
+    kwargs, state = dict(checkpoint["model_kwargs"]), dict(checkpoint["model"])
+    if fresh_calibration:
+        kwargs["calibrated"] = True
+        state = {k: v for k, v in state.items() if not k.startswith("calibration.")}
     try:
-        model = create_model(**checkpoint["model_kwargs"], pretrained=False)
-        if model.calibration is not None:
+        model = create_model(**kwargs, pretrained=False)
+        if fresh_calibration:
+            state.update({f"calibration.{k}": v
+                          for k, v in model.calibration.state_dict().items()})
+        elif model.calibration is not None:
             # The knot count is data, not architecture: size the buffers before loading.
-            state = checkpoint["model"]
             model.calibration.set_knots(state["calibration.knots_x"],
                                         state["calibration.knots_y"])
-        model.load_state_dict(checkpoint["model"], strict=True)
+        model.load_state_dict(state, strict=True)
     except (BackboneError, TypeError, RuntimeError, KeyError, ValueError) as exc:
         raise ExportError(f"cannot rebuild the model from the checkpoint: {exc}") from exc
     if checkpoint.get("preprocessing"):  # the trainer's resolved policy, overrides included
