@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 
 from test_train_fakes import (  # noqa: E402, F401  (fixtures)
+    CONFIGS,
     fake_pristine,
     fake_root,
     feature_cache_dir,
@@ -119,11 +120,41 @@ def test_level_loss_regresses_known_levels_through_the_prior():
         training_loss(scores, torch.zeros(3, 8), batch, LossWeights(level_weight=1.0))
 
 
+def test_level_weights_multiply_the_named_distortions_only():
+    from iqa.training.levels import LEVEL_DISTORTIONS
+
+    scores = torch.tensor([0.70, 0.30, 0.55])
+    batch = _batch([0.92, 0.40, 0.50])
+    # An original (-1), an underexposed copy and a blurred one.
+    batch["level_distortion"] = torch.tensor(
+        [-1, LEVEL_DISTORTIONS.index("underexposure"), LEVEL_DISTORTIONS.index("gaussian_blur")])
+    base = dict(factor_weight=0.0, level_weight=2.0, level_prior=(0.1, 0.8), mos="mse")
+    errors = [(0.70 - (0.1 + 0.8 * 0.92)) ** 2, (0.30 - (0.1 + 0.8 * 0.40)) ** 2,
+              (0.55 - (0.1 + 0.8 * 0.50)) ** 2]
+    _, plain = training_loss(scores, torch.zeros(3, 8), batch, LossWeights(**base))
+    assert plain["level"] == pytest.approx(2.0 * sum(errors) / 3, rel=1e-5)
+    _, weighted = training_loss(scores, torch.zeros(3, 8), batch,
+                                LossWeights(**base, level_weights={"underexposure": 4.0}))
+    assert weighted["level"] == pytest.approx(
+        2.0 * (errors[0] + 4.0 * errors[1] + errors[2]) / 3, rel=1e-5)
+
+
+def test_level_weights_name_known_distortions():
+    from iqa.training.config import ConfigError, build_config
+
+    cfg = build_config(str(CONFIGS / "livec_levels.yaml"),
+                       overrides=["loss.level_weights={underexposure: 3}"])
+    assert cfg["loss"]["level_weights"] == {"underexposure": 3}
+    with pytest.raises(ConfigError, match="unknown distortion"):
+        build_config(str(CONFIGS / "livec_levels.yaml"),
+                     overrides=["loss.level_weights={underexposed: 3}"])
+
+
 def test_training_with_levels_logs_the_level_term(fake_root, feature_cache_dir, tmp_path,  # noqa: F811
                                                   capsys):
     run_dir = tmp_path / "run"
     sets = [*tiny_overrides(feature_cache_dir, steps=3), "loss.level_weight=1.0",
-            "synthetic.distortions=[gaussian_blur]"]
+            "synthetic.distortions=[gaussian_blur]", "loss.level_weights={gaussian_blur: 2}"]
     assert train_tiny("livec_levels", run_dir, fake_root, sets) == 0
     captured = capsys.readouterr()
     assert "levels: page-scale targets -> MOS" in captured.out + captured.err

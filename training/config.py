@@ -112,6 +112,9 @@ DEFAULTS: dict[str, Any] = {
         # Absolute page-scale levels of synthetic copies (training/levels.py), mapped onto
         # the MOS scale by quantiles of the training MOS; 0 = ranking only (v1).
         "level_weight": 0.0,
+        # Multipliers of level_weight per distortion (names in iqa.training.augment), e.g.
+        # {underexposure: 4}: a family whose level the rated photos pull against.
+        "level_weights": {},
     },
     "optim": {
         "epochs": 20,
@@ -266,6 +269,12 @@ def validate(cfg: dict) -> dict:
         raise ConfigError(f"loss.mos must be l1, smooth_l1 or mse, got '{cfg['loss']['mos']}'")
     if cfg["loss"]["factor"] not in ("bce", "mse"):
         raise ConfigError(f"loss.factor must be bce or mse, got '{cfg['loss']['factor']}'")
+    from .levels import LEVEL_DISTORTIONS
+
+    unknown = set(cfg["loss"]["level_weights"] or {}) - set(LEVEL_DISTORTIONS)
+    if unknown:
+        raise ConfigError(f"loss.level_weights: unknown distortion(s) {sorted(unknown)}; "
+                          f"known: {', '.join(LEVEL_DISTORTIONS)}")
     syn = cfg["synthetic"]
     if syn["enabled"] and not syn["root"]:
         raise ConfigError("synthetic.enabled is true but synthetic.root is not set")

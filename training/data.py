@@ -20,6 +20,7 @@ map and a crop of the pixels followed by the frozen front cover the same window.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -442,12 +443,13 @@ class StepDataset(Dataset):
             tensors.append(self.source.crop(x, self.crop_px, item.u, item.v))
             mos.append(float(self.records[item.index].mos))
         num_auth = len(tensors)
-        better, worse, gap, originals, levels = [], [], [], [], []
+        better, worse, gap, originals, levels, kinds = [], [], [], [], [], []
         for item in step.synthetic:
             group = self.pool[item.index]
             base = len(tensors)
             levels.extend(float("nan") if t is None else t
                           for t in (group.targets or [None] * len(group.members)))
+            kinds.extend(_distortion_ids().get(m.distortion, -1) for m in group.members)
             group_labels = []
             for member in group.members:
                 x, lab = self.source.load(member.mirrored(item.flip))
@@ -474,7 +476,15 @@ class StepDataset(Dataset):
             "pair_gap": torch.tensor(gap, dtype=torch.float32),
             "original_index": torch.tensor(originals, dtype=torch.long),
             "level_target": torch.tensor(levels, dtype=torch.float32),
+            "level_distortion": torch.tensor(kinds, dtype=torch.long),
         }
+
+
+@functools.cache
+def _distortion_ids() -> dict[str, int]:
+    from .levels import LEVEL_DISTORTIONS
+
+    return {name: i for i, name in enumerate(LEVEL_DISTORTIONS)}
 
 
 def batch_to(batch: dict, device: torch.device) -> dict:

@@ -38,6 +38,10 @@ from .augment.noise import GAUSSIAN_NOISE_STD
 # A clean, well-exposed photo: "very good to perfect".
 CLEAN_TARGET = 0.92
 
+# Every distortion a synthetic copy can carry, in a fixed order: batches name a copy's
+# distortion by its position here (loss.level_weights).
+LEVEL_DISTORTIONS: tuple[str, ...] = tuple(sorted(DISTORTIONS))
+
 
 @dataclass(frozen=True)
 class Level:

@@ -9,22 +9,32 @@ page's table, mapped onto the MOS scale by a prior fitted on the training MOS.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 
 def mos_regression_loss(
-    pred: torch.Tensor, target: torch.Tensor, kind: str = "smooth_l1", beta: float = 0.05
+    pred: torch.Tensor, target: torch.Tensor, kind: str = "smooth_l1", beta: float = 0.05,
+    reduction: str = "mean",
 ) -> torch.Tensor:
     if kind == "l1":
-        return F.l1_loss(pred, target)
+        return F.l1_loss(pred, target, reduction=reduction)
     if kind == "smooth_l1":
-        return F.smooth_l1_loss(pred, target, beta=beta)
+        return F.smooth_l1_loss(pred, target, beta=beta, reduction=reduction)
     if kind == "mse":
-        return F.mse_loss(pred, target)
+        return F.mse_loss(pred, target, reduction=reduction)
     raise ValueError(f"unknown MOS loss '{kind}'")
+
+
+def level_item_weights(ids: torch.Tensor, by_name: dict[str, float]) -> torch.Tensor:
+    """Each synthetic item's multiplier of the level loss, from its distortion id (a
+    position in levels.LEVEL_DISTORTIONS; -1 for originals and composed chains: weight 1)."""
+    from .levels import LEVEL_DISTORTIONS
+
+    table = torch.tensor([float(by_name.get(n, 1.0)) for n in LEVEL_DISTORTIONS] + [1.0])
+    return table[ids.long().clamp(min=-1)]  # index -1 is the trailing 1.0
 
 
 def plcc_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -103,6 +113,9 @@ class LossWeights:
     # scale by ``level_prior``, which the trainer fits on the training MOS). 0 = v1.
     level_weight: float = 0.0
     level_prior: tuple[float, float] | None = None
+    # Per-distortion multipliers of level_weight (unlisted: 1), read through the batch's
+    # ``level_distortion`` ids (positions in levels.LEVEL_DISTORTIONS).
+    level_weights: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, section: dict) -> LossWeights:
@@ -155,9 +168,15 @@ def training_loss(
         known = ~torch.isnan(targets)
         if bool(known.any()):
             a, b = w.level_prior
-            parts["level"] = w.level_weight * mos_regression_loss(
-                scores[batch["syn_index"]][known], a + b * targets[known], w.mos,
-                w.smooth_l1_beta)
+            pred, goal = scores[batch["syn_index"]][known], a + b * targets[known]
+            if w.level_weights:
+                per_item = mos_regression_loss(pred, goal, w.mos, w.smooth_l1_beta,
+                                               reduction="none")
+                weight = level_item_weights(batch["level_distortion"][known], w.level_weights)
+                parts["level"] = w.level_weight * (weight.to(per_item) * per_item).mean()
+            else:
+                parts["level"] = w.level_weight * mos_regression_loss(
+                    pred, goal, w.mos, w.smooth_l1_beta)
     if not parts:
         total = scores.sum() * 0.0
     else:
