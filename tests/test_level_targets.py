@@ -164,3 +164,19 @@ def test_training_with_levels_logs_the_level_term(fake_root, feature_cache_dir, 
     assert len(rows) == 3
     assert [r["level"] != "" for r in rows] == [r["syn_rank"] != "" for r in rows]
     assert any(r["level"] for r in rows) and all(float(r["level"]) > 0 for r in rows if r["level"])
+
+    # scripts/level_residuals.py reads the same run back: every blurred copy of the pool
+    # gets a residual against its target on the run's MOS prior.
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location(
+        "level_residuals", CONFIGS.parent / "scripts" / "level_residuals.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "residuals.json"
+    assert script.main([str(run_dir / "last.pt"), "--every", "1", "--json", str(out),
+                        "--threads", "1"]) == 0
+    table = json.loads(out.read_text())["by_distortion"]
+    assert set(table) == {"gaussian_blur"} and table["gaussian_blur"]["n"] >= 2
+    assert table["gaussian_blur"]["mean_abs_residual"] >= abs(table["gaussian_blur"]["mean_residual"])
