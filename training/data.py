@@ -324,10 +324,10 @@ def window(length: int, size: int, position: float, align: int) -> tuple[int, in
     return min(int(position * slots), slots - 1) * align, size
 
 
-# A spec's tensor: the global view, or (global view, detail mosaic) for a model with a
-# detail view. Crops apply to the global view only: the mosaic already samples the frame.
-# The global view alone, or with what the model takes besides it: (global, detail),
-# (global features, exposure statistics) or (global, detail, exposure statistics).
+# A spec's tensor: the global view alone, or a tuple of it and what the model takes
+# besides, in forward_trainable's order: (global, detail mosaic), (global, exposure
+# statistics) or (global, detail, exposure statistics). Crops apply to the global view
+# only: the mosaic already samples the frame.
 Views = torch.Tensor | tuple[torch.Tensor, ...]
 
 
