@@ -221,6 +221,32 @@ def test_int8_scores_stay_close_to_fp32(cli_run, photo):
     assert diffs.mean() < 0.1 and diffs.max() < 0.2
 
 
+def test_float16_weights_halve_the_file_and_barely_move_the_scores(model, onnx_path, tmp_path,
+                                                                   photo):
+    from iqa.training.half_weights import FP16_PARITY_ATOL, META_WEIGHT_STORAGE, MIN_ELEMENTS
+
+    path = export_onnx(model, tmp_path / "half.onnx", weights="float16")
+    assert path.stat().st_size < 0.6 * onnx_path.stat().st_size
+    large = [t for t in onnx.load(str(path)).graph.initializer
+             if np.prod(t.dims) >= MIN_ELEMENTS]
+    assert large and all(t.data_type == onnx.TensorProto.FLOAT16 for t in large)
+    assert _metadata(path)[META_WEIGHT_STORAGE].startswith(f"float16 ({len(large)} ")
+    report = check_parity(model, path, atol=FP16_PARITY_ATOL)
+    assert 0 < report.max_abs_score < FP16_PARITY_ATOL  # rounded, not exact, and still close
+    half, full = QualityModel(path), QualityModel(onnx_path)
+    assert half.score(photo).score == pytest.approx(full.score(photo).score, abs=FP16_PARITY_ATOL)
+
+
+def test_cli_float16_export_and_its_limits(cli_run, tmp_path, capsys):
+    checkpoint = str(cli_run[1].parent / "best.pt")
+    out = tmp_path / "half.onnx"
+    assert main(["export", checkpoint, "-o", str(out), "--weights", "float16"]) == 0
+    assert "parity: max |torch - onnxruntime|" in capsys.readouterr().out
+    assert out.stat().st_size < cli_run[1].stat().st_size * 0.6
+    code = main(["export", checkpoint, "-o", str(out), "--weights", "float16", "--quantize"])
+    assert code == 1 and "--quantize needs --weights float32" in capsys.readouterr().err
+
+
 def test_cli_reports_a_bad_checkpoint(tmp_path, capsys, model):
     torch.save({"model": {}}, tmp_path / "bad.pt")
     assert main(["export", str(tmp_path / "bad.pt"), "-o", str(tmp_path / "x.onnx")]) == 1

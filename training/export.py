@@ -38,8 +38,16 @@ from iqa.inference.contract import (
     Preprocessing,
 )
 
+from .half_weights import (
+    FP16_PARITY_ATOL,
+    META_WEIGHT_STORAGE,
+    MIN_ELEMENTS,
+    store_weights_in_float16,
+)
+
 DEFAULT_OPSET = 17  # the TorchScript exporter's best-tested opset; onnxruntime 1.17+ runs it
 PARITY_ATOL = 1e-4
+WEIGHT_STORAGE = ("float32", "float16")
 
 LIVE_NOTICE = (
     "Trained on the LIVE In the Wild Image Quality Challenge Database: Copyright (c) 2015 "
@@ -192,16 +200,20 @@ def export_onnx(
     metadata: dict | None = None,
     opset: int = DEFAULT_OPSET,
     exporter: str = "torchscript",
+    weights: str = "float32",
 ) -> Path:
     """Export ``model`` (a QualityNet) to one self-contained ONNX file.
 
     ``preprocessing`` defaults to ``model.preprocessing``; ``metadata`` entries (contract
-    keys, values as strings or JSON-able objects) override the defaults.
+    keys, values as strings or JSON-able objects) override the defaults. ``weights="float16"``
+    stores the large weights at half precision (``iqa.training.half_weights``).
     """
     import onnx
 
     if opset < 17:
         raise ExportError(f"opset {opset} is too old: the contract needs opset 17 or newer")
+    if weights not in WEIGHT_STORAGE:
+        raise ExportError(f"weights must be one of {', '.join(WEIGHT_STORAGE)}, not {weights!r}")
     preprocessing = preprocessing or model.preprocessing
     was_training = model.training
     model.eval()
@@ -209,7 +221,12 @@ def export_onnx(
         proto = onnx.load_from_string(_torch_to_onnx_bytes(model, opset, exporter))
     finally:
         model.train(was_training)
-    set_metadata(proto, {**default_metadata(model, preprocessing), **(metadata or {})})
+    metadata = {**default_metadata(model, preprocessing), **(metadata or {})}
+    if weights == "float16":
+        count = store_weights_in_float16(proto)
+        metadata[META_WEIGHT_STORAGE] = (f"float16 ({count} initializers of >= {MIN_ELEMENTS} "
+                                         "values; computed in float32)")
+    set_metadata(proto, metadata)
     onnx.checker.check_model(proto)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -408,6 +425,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: the config's name or the checkpoint's file name)")
     parser.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript",
                         help="torch ONNX exporter (default torchscript: fast, tested)")
+    parser.add_argument("--weights", choices=WEIGHT_STORAGE, default="float32",
+                        help="how the file stores large weights: float32 (default) or float16, "
+                        "half the file size, still computed in float32; scores move by about "
+                        f"0.001 (the parity check then allows {FP16_PARITY_ATOL:g})")
     parser.add_argument("--quantize", action="store_true",
                         help="also write OUT.int8.onnx, quantized to int8 with onnxruntime")
     parser.add_argument("--quantize-method", choices=("static", "dynamic"), default="static",
@@ -435,20 +456,24 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         metadata = checkpoint_metadata(checkpoint, args.checkpoint, args.model_version)
+        if args.quantize and args.weights != "float32":
+            raise ExportError("--quantize needs --weights float32: it quantizes from float32")
         if v2.is_multiview(checkpoint):
-            if args.quantize or args.exporter != "torchscript":
-                raise ExportError("--quantize and --exporter dynamo support v1 models only")
+            if args.quantize or args.exporter != "torchscript" or args.weights != "float32":
+                raise ExportError("--quantize, --weights float16 and --exporter dynamo support "
+                                  "QualityNet models only")
             model = v2.model_from_checkpoint(checkpoint)
             path = v2.export_multiview_onnx(model, args.output, metadata, opset=args.opset)
         else:
             model = model_from_checkpoint(checkpoint)
             path = export_onnx(model, args.output, metadata=metadata, opset=args.opset,
-                               exporter=args.exporter)
+                               exporter=args.exporter, weights=args.weights)
         size_mb = path.stat().st_size / 1e6
         print(f"wrote {path} ({size_mb:.1f} MB, opset {args.opset})")
         if not args.no_parity_check:
             check = v2.check_multiview_parity if v2.is_multiview(model) else check_parity
-            print(f"parity: {check(model, path)}")
+            atol = FP16_PARITY_ATOL if args.weights == "float16" else PARITY_ATOL
+            print(f"parity: {check(model, path, atol=atol)}")
         if args.quantize:
             from iqa.training.quantize import calibration_images_from, quantize_onnx
 
