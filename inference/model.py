@@ -153,6 +153,7 @@ class QualityModel:
         self.max_pixels = max_pixels
         self.min_side = min_side
         self._run_batch_size = run_batch_size
+        self.threads = threads
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = int(threads)

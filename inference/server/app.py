@@ -9,6 +9,7 @@ is answered at once with 503.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import string
@@ -171,6 +172,11 @@ def create_app(model=None, settings: ServerSettings | None = None, *, fetcher=No
             logger.info("API keys: %d api_user(s) configured", len(settings.keys))
         else:
             logger.warning(OPEN_SERVER_WARNING)
+        if service.processes is not None:
+            # Load the model in every worker before the first request, not during it.
+            pids = await asyncio.to_thread(service.processes.warm_up)
+            logger.info("scoring in %d worker process(es): pid %s", settings.workers,
+                        ", ".join(map(str, pids)))
         try:
             yield
         finally:

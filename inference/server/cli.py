@@ -71,6 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "loop answers refusals and health checks at once on busy cores; "
                              "0 on a machine shared with other work (default 5, Linux) "
                              "[IQA_SCORING_NICE]")
+    limits.add_argument("--scoring-processes", action="store_true",
+                        default=_env_flag("IQA_SCORING_PROCESSES"),
+                        help="decode and score in --workers processes instead of threads: the "
+                             "event loop then never waits for the GIL behind scoring, and a "
+                             "crashing decoder costs one request, not the server; each process "
+                             "loads its own copy of the model [IQA_SCORING_PROCESSES=1]")
     limits.add_argument("--request-timeout", type=float,
                         default=_env("IQA_REQUEST_TIMEOUT", 60.0, float),
                         help="seconds for fetch + decode + score of one request (default 60) "
@@ -147,6 +153,7 @@ def build_settings(args: argparse.Namespace):
         workers=args.workers,
         max_queue=args.max_queue,
         scoring_nice=args.scoring_nice,
+        scoring_processes=getattr(args, "scoring_processes", False),
         request_timeout=args.request_timeout,
         fetch_policy=policy,
         body_timeout=args.body_timeout,

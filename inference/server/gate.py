@@ -82,7 +82,7 @@ def lower_thread_priority(increment: int) -> None:
 
 class WorkGate:
     def __init__(self, workers: int, max_queue: int, retry_after: int = 1,
-                 scoring_nice: int = 0):
+                 scoring_nice: int = 0, scoring: Executor | None = None):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         if max_queue < 0:
@@ -92,11 +92,12 @@ class WorkGate:
         self.retry_after = retry_after
         self._lock = threading.Lock()
         self._in_flight = 0
-        # Scoring is CPU-bound: exactly `workers` threads. Fetching is I/O-bound: one
-        # thread per admitted request, so slow URLs never hold up scoring.
-        self.scoring = ThreadPoolExecutor(workers, thread_name_prefix="iqa-score",
-                                          initializer=lower_thread_priority,
-                                          initargs=(scoring_nice,))
+        # Scoring is CPU-bound: exactly `workers` threads (or the worker processes passed
+        # in as ``scoring``). Fetching is I/O-bound: one thread per admitted request, so
+        # slow URLs never hold up scoring.
+        self.scoring = scoring or ThreadPoolExecutor(workers, thread_name_prefix="iqa-score",
+                                                     initializer=lower_thread_priority,
+                                                     initargs=(scoring_nice,))
         self.fetching = ThreadPoolExecutor(self.capacity, thread_name_prefix="iqa-fetch")
 
     @property

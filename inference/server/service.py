@@ -64,8 +64,14 @@ class CheckService:
         self.model = model
         self.settings = settings
         self.fetcher = fetcher or ImageFetcher(settings.fetch_policy)
+        self.processes = None
+        if settings.scoring_processes:
+            from .processes import ProcessScoring, WorkerModel
+
+            self.processes = ProcessScoring(WorkerModel.like(model), settings.workers,
+                                            settings.scoring_nice)
         self.gate = WorkGate(settings.workers, settings.max_queue, settings.retry_after,
-                             settings.scoring_nice)
+                             settings.scoring_nice, scoring=self.processes)
         metadata = getattr(model, "metadata", None) or {}
         self.model_version = metadata.get(META_MODEL_VERSION)
 
@@ -123,7 +129,16 @@ class CheckService:
             data, name = upload.data, upload.filename
         if not data:
             raise EmptyMediaError(f"{name}: the file is empty (0 bytes)")
-        return await ticket.run(self.gate.scoring, self._score_bytes, data, name)
+        if self.processes is None:
+            return await ticket.run(self.gate.scoring, self._score_bytes, data, name)
+        from concurrent.futures.process import BrokenProcessPool
+
+        from .processes import score_in_worker
+
+        try:
+            return await ticket.run(self.gate.scoring, score_in_worker, data, name)
+        except BrokenProcessPool:
+            raise ScoringError(f"{name}: the scoring worker process stopped") from None
 
     def _score_bytes(self, data: bytes, name: str):
         try:

@@ -20,6 +20,8 @@ class ServerSettings:
     # loop's, so that on saturated cores refusals, health checks and reading uploads still
     # get a core at once instead of queueing behind scoring (BENCHMARKS.md).
     scoring_nice: int = 5
+    # Decode and score in `workers` processes instead of threads (processes.py).
+    scoring_processes: bool = False
     # Whole pipeline (fetch + decode + score) per request, in seconds.
     request_timeout: float = 60.0
     retry_after: int = 1
