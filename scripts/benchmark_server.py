@@ -22,6 +22,7 @@ loop has a fixed count and a timeout. Results go to stdout as JSON (and --out).
 
     python scripts/benchmark_server.py --out bench-server.json
     python scripts/benchmark_server.py --phases c64      # the overload phase alone
+    python scripts/benchmark_server.py --phases c64 --stand-in   # the client's floor
 """
 
 from __future__ import annotations
@@ -76,6 +77,46 @@ def start_server(port: int, log, extra: tuple[str, ...] = ()) -> subprocess.Pope
     env = {k: v for k, v in os.environ.items() if k != "IQA_API_KEYS"}
     return subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=log)
+
+
+# `--stand-in`: the floor of this measurement. A server that does nothing but answer 503 on
+# the headers and then, as `iqa serve` does, send a FIN and discard the rest of the upload
+# (up to 5 s). Whatever latency the probe sees against it comes from the client, the other
+# load on the cores and the kernel, not from iqa.
+STAND_IN = r"""
+import asyncio, sys
+
+BODY = b'{"status":"failure","error":{"type":"api_error","code":50}}'
+BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(BODY)
+        + BODY)
+HEALTHY = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+
+async def answer(reader, writer):
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        writer.write(HEALTHY if head.startswith(b"GET /health") else BUSY)
+        await writer.drain()
+        writer.write_eof()
+        async with asyncio.timeout(5):
+            while await reader.read(1 << 16):
+                pass
+    except Exception:
+        pass
+    writer.close()
+
+async def main(port):
+    server = await asyncio.start_server(answer, "127.0.0.1", port, backlog=2048)
+    async with server:
+        await server.serve_forever()
+
+asyncio.run(main(int(sys.argv[1])))
+"""
+
+
+def start_stand_in(port: int, log) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", STAND_IN, str(port)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=log)
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
@@ -373,6 +414,13 @@ def main() -> int:
                         help="nice increment of the 64 overload threads (Linux), so that the "
                              "load generator sharing the server's cores does not starve it "
                              "and the probe: a stand-in for clients on other machines")
+    parser.add_argument("--stand-in", action="store_true",
+                        help="drive a stand-in that answers every upload 503 at once instead "
+                             "of `iqa serve`: the floor this client and machine put under the "
+                             "503 latency (use with --phases c64)")
+    parser.add_argument("--server-args", default="",
+                        help="extra `iqa serve` arguments, one string, e.g. "
+                             "--server-args='--scoring-processes --log-level error'")
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args()
     counts = [int(n) for n in args.requests.split(",")]
@@ -386,12 +434,13 @@ def main() -> int:
 
     port = free_port()
     server_log = tempfile.TemporaryFile()
-    server = start_server(port, server_log)
+    server = start_stand_in(port, server_log) if args.stand_in else start_server(port, server_log, tuple(args.server_args.split()))
     base = f"http://{HOST}:{port}"
     report: dict = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, load average "
                    f"{'/'.join(f'{x:.2f}' for x in os.getloadavg())} at start",
-        "server": " ".join(server.args[2:]),
+        "server": "stand-in (503 on the headers, nothing else)" if args.stand_in
+                  else " ".join(server.args[2:]),
     }
     try:
         deadline = time.monotonic() + 60

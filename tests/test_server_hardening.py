@@ -525,6 +525,28 @@ def test_multipart_is_parsed_off_the_event_loop(model, jpeg, monkeypatch):
     assert seen == ["worker thread"]
 
 
+def test_a_queue_that_filled_during_the_upload_refuses_before_parsing(model, jpeg, monkeypatch):
+    parsed, tickets = [], []
+    real_read, real_parse = app_module.read_body, app_module.parse_body
+
+    async def read_then_fill(*args, **kwargs):
+        body = await real_read(*args, **kwargs)
+        gate = app.state.service.gate
+        tickets.extend(gate.admit() for _ in range(gate.capacity))  # others took every slot
+        return body
+
+    monkeypatch.setattr(app_module, "read_body", read_then_fill)
+    monkeypatch.setattr(app_module, "parse_body",
+                        lambda *a, **k: parsed.append(1) or real_parse(*a, **k))
+    app = create_app(model, settings(workers=1, max_queue=0))
+    with TestClient(app) as client:
+        response = client.post(CHECK, data={"models": "quality"}, files={"media": ("a", jpeg)})
+        for ticket in tickets:
+            ticket.close()
+    assert response.status_code == 503 and error_of(response) == ("api_error", 50)
+    assert parsed == []
+
+
 # ---------------------------------------------------------- 8. slow-client limits
 def slow_app_server(model, **overrides):
     limits = settings(header_timeout=0.5, body_timeout=0.5, **overrides)

@@ -14,6 +14,7 @@ import logging
 import secrets
 import string
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Query, Request
@@ -90,13 +91,17 @@ def _human_bytes(n: int) -> str:
     return f"{n / MiB:g} MiB" if n >= MiB else f"{n} bytes"
 
 
-async def read_post(request: Request, max_upload: int, body_timeout: float
+async def read_post(request: Request, max_upload: int, body_timeout: float,
+                    check_room: Callable[[], None] | None = None
                     ) -> tuple[dict, Upload | None]:
     """Parse a POST body (multipart or urlencoded) into fields and the `media` upload.
 
     The size limit is enforced while reading, so an oversize upload is refused after
     ``max_upload`` bytes, not after the client has sent gigabytes; the body must arrive
-    within ``body_timeout`` seconds; parsing runs in a worker thread.
+    within ``body_timeout`` seconds; parsing runs in a worker thread. ``check_room`` runs
+    between the two: under overload a quarter of the refusals came after the body (the
+    queue had room when the headers came and none once the body was in), and each of them
+    parsed a multipart body only to be refused.
     """
     too_large = UploadTooLargeError(f"the upload is larger than the limit of "
                                     f"{_human_bytes(max_upload)}")
@@ -105,6 +110,12 @@ async def read_post(request: Request, max_upload: int, body_timeout: float
                                too_large)
     except ClientDisconnect as exc:  # nobody is left to read the answer; log it as a 4xx
         raise MalformedBodyError("the client disconnected before sending the whole body") from exc
+    if check_room is not None:
+        try:
+            check_room()
+        except BaseException:
+            del body  # the traceback would keep it alive otherwise
+            raise
     form = await run_in_threadpool(parse_body, request.headers.get("content-type", ""), body,
                                    max_upload)
     del body
@@ -301,7 +312,7 @@ def create_app(model=None, settings: ServerSettings | None = None, *, fetcher=No
             # What can be refused on the headers alone was refused before routing
             # (refuse_on_headers above); here the body is read.
             fields, upload = await read_post(request, settings.max_upload_bytes,
-                                             settings.body_timeout)
+                                             settings.body_timeout, service.gate.check_room)
             return await service.check(fields, upload)
 
         return await respond(request, work)
