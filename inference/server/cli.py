@@ -73,10 +73,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "[IQA_SCORING_NICE]")
     limits.add_argument("--scoring-processes", action="store_true",
                         default=_env_flag("IQA_SCORING_PROCESSES"),
-                        help="decode and score in --workers processes instead of threads: the "
-                             "event loop then never waits for the GIL behind scoring, and a "
-                             "crashing decoder costs one request, not the server; each process "
-                             "loads its own copy of the model [IQA_SCORING_PROCESSES=1]")
+                        help="decode and score in --workers processes instead of threads, so "
+                             "that a crash in a native decoder costs one request (a 500), not "
+                             "the server; each process loads its own copy of the model "
+                             "[IQA_SCORING_PROCESSES=1]")
     limits.add_argument("--request-timeout", type=float,
                         default=_env("IQA_REQUEST_TIMEOUT", 60.0, float),
                         help="seconds for fetch + decode + score of one request (default 60) "

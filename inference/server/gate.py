@@ -95,9 +95,11 @@ class WorkGate:
         # Scoring is CPU-bound: exactly `workers` threads (or the worker processes passed
         # in as ``scoring``). Fetching is I/O-bound: one thread per admitted request, so
         # slow URLs never hold up scoring.
-        self.scoring = scoring or ThreadPoolExecutor(workers, thread_name_prefix="iqa-score",
-                                                     initializer=lower_thread_priority,
-                                                     initargs=(scoring_nice,))
+        if scoring is None:
+            scoring = ThreadPoolExecutor(workers, thread_name_prefix="iqa-score",
+                                         initializer=lower_thread_priority,
+                                         initargs=(scoring_nice,))
+        self.scoring = scoring
         self.fetching = ThreadPoolExecutor(self.capacity, thread_name_prefix="iqa-fetch")
 
     @property

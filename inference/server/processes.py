@@ -1,11 +1,11 @@
 """Decoding and scoring in worker processes (`iqa serve --scoring-processes`).
 
-With scoring threads, the event loop shares one GIL with them: whenever a scoring thread
-that holds it is preempted on saturated cores, the loop waits for it, and so does every
-refusal and health check. Worker processes have their own interpreters, so the loop's
-process runs nothing but the loop, the URL fetches and the log writer. Each worker loads
-the model once; a worker that dies (a crash in a native decoder, the OOM killer) costs
-the requests it held a 500 and the pool is rebuilt for the next ones.
+Scoring threads share the server's process: a crash in native code while decoding or
+scoring (a decoder bug, the OOM killer) ends the server with every request in it. Worker
+processes confine it: a worker that dies costs the requests it held a 500, and the pool
+is rebuilt for the next ones. Each worker loads the model once. The workers also have
+their own interpreters, so the event loop never waits for the GIL behind them, though
+that was measured not to be what delays refusals under overload (BENCHMARKS.md).
 """
 
 from __future__ import annotations
