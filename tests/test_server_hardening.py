@@ -525,6 +525,18 @@ def test_multipart_is_parsed_off_the_event_loop(model, jpeg, monkeypatch):
     assert seen == ["worker thread"]
 
 
+def test_request_ids_are_distinct_and_use_the_whole_alphabet():
+    import re
+
+    from iqa.inference.server.app import new_id
+
+    ids = [new_id("req_") for _ in range(3000)]
+    assert all(re.fullmatch(r"req_[A-Za-z0-9]{21}", i) for i in ids)
+    assert len(set(ids)) == len(ids)
+    for position in (4, 14, 24):  # first, middle and last character
+        assert len({i[position] for i in ids}) == 62
+
+
 def test_a_queue_that_filled_during_the_upload_refuses_before_parsing(model, jpeg, monkeypatch):
     parsed, tickets = [], []
     real_read, real_parse = app_module.read_body, app_module.parse_body
