@@ -525,6 +525,37 @@ def test_multipart_is_parsed_off_the_event_loop(model, jpeg, monkeypatch):
     assert seen == ["worker thread"]
 
 
+def test_busy_refusals_log_one_line_per_second_with_a_count(caplog):
+    from iqa.inference.server.app import BusyLog
+    from iqa.inference.server.errors import ServerBusyError, spec_for
+
+    now = [100.0]
+    busy = BusyLog(logging.getLogger("iqa.server"), interval=1.0, clock=lambda: now[0])
+    spec = spec_for(ServerBusyError("busy"))
+    with caplog.at_level(logging.WARNING, logger="iqa.server"):
+        for i in range(5):
+            busy.refused(f"req_{i}", spec, "the server is busy")
+        now[0] += 1.5
+        busy.refused("req_5", spec, "the server is busy")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["request req_0: api_error 50: the server is busy",
+                     "request req_5: api_error 50: the server is busy "
+                     "(4 more refused since the last such line)"]
+
+
+def test_every_busy_refusal_is_still_counted_in_the_metrics(model, jpeg):
+    app = create_app(model, settings(workers=1, max_queue=0))
+    with TestClient(app) as client:
+        gate = app.state.service.gate
+        ticket = gate.admit()
+        codes = [client.post(CHECK, data={"models": "quality"},
+                             files={"media": ("a", jpeg)}).status_code for _ in range(3)]
+        ticket.close()
+        metrics = client.get("/metrics").text
+    assert codes == [503, 503, 503]
+    assert 'iqa_errors_total{type="api_error",code="50"} 3' in metrics
+
+
 def test_request_ids_are_distinct_and_use_the_whole_alphabet():
     import re
 
