@@ -556,6 +556,16 @@ def test_every_busy_refusal_is_still_counted_in_the_metrics(model, jpeg):
     assert 'iqa_errors_total{type="api_error",code="50"} 3' in metrics
 
 
+def test_start_up_objects_are_frozen_out_of_the_garbage_collector(model):
+    import gc
+
+    gc.unfreeze()
+    with TestClient(create_app(model, settings())) as client:
+        assert client.get("/health").status_code == 200
+        assert gc.get_freeze_count() > 1000
+    gc.unfreeze()
+
+
 def test_request_ids_are_distinct_and_use_the_whole_alphabet():
     import re
 

