@@ -18,11 +18,35 @@ import sys
 from pathlib import Path
 
 
+class PriorScored:
+    """A QualityModel whose `score` is its `mos` through the inverse of a level prior."""
+
+    def __init__(self, model, prior: tuple[float, float]):
+        from iqa.training.heads import prior_calibration
+
+        self.model = model
+        self.knots = prior_calibration(prior)
+
+    def score_many(self, images):
+        import dataclasses
+
+        import numpy as np
+
+        return [dataclasses.replace(r, score=float(np.interp(r.mos, *self.knots)))
+                for r in self.model.score_many(images)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", nargs="?", type=Path,
                         help="ONNX model file (default: the shipped model)")
     parser.add_argument("--out", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument("--prior", metavar="A,B",
+                        help="score the model's `mos` output through the inverse of the level "
+                        "prior MOS = A + B * level (iqa.training.heads.prior_calibration) "
+                        "instead of the calibration baked into the file: what that "
+                        "calibration would give. A and B are in the training log ('levels: "
+                        "page-scale targets -> MOS A + B * level')")
     args = parser.parse_args(argv)
 
     from iqa.inference import QualityModel, default_model_path
@@ -33,8 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     if not path.is_file():
         parser.error(f"no model file at {path}")
     model = QualityModel(path)
-    result = {"model": str(path), "model_version": model.metadata.get(META_MODEL_VERSION),
-              **figures(model)}
+    result = {"model": str(path), "model_version": model.metadata.get(META_MODEL_VERSION)}
+    scorer = model
+    if args.prior:
+        if not model.has_mos:
+            parser.error(f"--prior needs a model with a `mos` output; {path} has none")
+        scorer = PriorScored(model, tuple(float(x) for x in args.prior.split(",")))
+        result["calibration"] = f"inverse level prior {args.prior} applied to `mos`"
+    result.update(figures(scorer))
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:
