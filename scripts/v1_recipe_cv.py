@@ -5,6 +5,7 @@ model v2 needs before it can replace v1.
     python scripts/v1_recipe_cv.py train   [--out runs/v1-cv] [--folds 0 1] [-- --set optim.epochs=16]
     python scripts/v1_recipe_cv.py train --config configs/livec_levels.yaml --out runs/levels-cv
     python scripts/v1_recipe_cv.py summary [--out runs/v1-cv]        # mean +- std over folds
+    python scripts/v1_recipe_cv.py compare --out runs/levels-cv --baseline runs/v1-cv   # paired
 
 ``splits`` writes ``<out>/fold<k>/split.csv`` (``path,split``: fold k is ``val``, the others
 ``train``) from configs/splits/livec_5fold.csv, the folds every v2 figure uses. ``train``
@@ -86,17 +87,43 @@ def summarise(out: Path, folds: list[int]) -> dict:
     return summary
 
 
+def compare(out: Path, baseline: Path, folds: list[int]) -> dict:
+    """Paired last-epoch differences, ``out`` minus ``baseline``, on the folds both finished:
+    per fold, mean ± std, and a 95 % t-interval over folds (optimistic: the folds' training
+    sets overlap, so their differences are not independent)."""
+    from scipy import stats
+
+    ours, theirs = summarise(out, folds)["folds"], summarise(baseline, folds)["folds"]
+    shared = sorted(set(ours) & set(theirs))
+    report: dict = {"recipe": str(out), "baseline": str(baseline), "folds": shared}
+    for metric in ("srcc", "plcc"):
+        diffs = [ours[k][metric] - theirs[k][metric] for k in shared]
+        entry: dict = {"per_fold": {k: {"recipe": ours[k][metric], "baseline": theirs[k][metric],
+                                        "difference": d} for k, d in zip(shared, diffs, strict=True)}}
+        if len(diffs) >= 2:
+            mean, std = statistics.mean(diffs), statistics.stdev(diffs)
+            half = stats.t.ppf(0.975, len(diffs) - 1) * std / len(diffs) ** 0.5
+            entry.update(mean=mean, std=std, ci95=[mean - half, mean + half],
+                         better_on=sum(d > 0 for d in diffs))
+        report[metric] = entry
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("action", choices=("splits", "train", "summary"))
+    parser.add_argument("action", choices=("splits", "train", "summary", "compare"))
     parser.add_argument("--out", type=Path, default=Path("runs/v1-cv"))
     parser.add_argument("--fold-file", type=Path, default=FOLDS)
     parser.add_argument("--config", default=CONFIG, help=f"recipe to train (default: {CONFIG})")
     parser.add_argument("--folds", type=int, nargs="*", help="these folds only (default: all)")
+    parser.add_argument("--baseline", type=Path,
+                        help="compare: the other recipe's --out, subtracted from this one's")
     args = parser.parse_args(argv)
+    if args.action == "compare" and args.baseline is None:
+        parser.error("compare needs --baseline OTHER_OUT")
 
     folds = read_folds(args.fold_file)
     chosen = args.folds if args.folds else sorted(set(folds.values()))
@@ -118,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                            *extra]
             print("+", " ".join(command), flush=True)
             subprocess.run(command, check=True)
+    if args.action == "compare":
+        print(json.dumps(compare(args.out, args.baseline, chosen), indent=1))
     if args.action in ("train", "summary"):
         summary = summarise(args.out, chosen)
         print(json.dumps(summary, indent=1))

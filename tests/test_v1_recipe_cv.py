@@ -61,6 +61,25 @@ def test_summary_reads_the_last_epoch_not_the_best(cv, tmp_path):
     assert summary["srcc"]["std"] == pytest.approx(0.0424264, abs=1e-6)  # stdev(0.80, 0.74)
 
 
+def test_compare_pairs_the_folds_both_recipes_finished(cv, tmp_path, capsys):
+    for k, (base, ours) in enumerate([(0.80, 0.82), (0.70, 0.73), (0.75, 0.74), (0.6, 0.9)]):
+        _metrics(tmp_path / "base" / f"fold{k}" / "run", [0.1, base])
+        _metrics(tmp_path / "ours" / f"fold{k}" / "run", [0.1, ours], complete=k != 3)
+    report = cv.compare(tmp_path / "ours", tmp_path / "base", [0, 1, 2, 3])
+    srcc = report["srcc"]
+    assert report["folds"] == [0, 1, 2]  # fold 3 is still running for `ours`
+    assert [srcc["per_fold"][k]["difference"] for k in (0, 1, 2)] == pytest.approx(
+        [0.02, 0.03, -0.01])
+    assert srcc["mean"] == pytest.approx(0.04 / 3) and srcc["better_on"] == 2
+    from scipy import stats
+
+    half = stats.t.ppf(0.975, 2) * srcc["std"] / 3 ** 0.5
+    assert srcc["ci95"] == pytest.approx([0.04 / 3 - half, 0.04 / 3 + half])
+    assert cv.main(["compare", "--out", str(tmp_path / "ours"),
+                    "--baseline", str(tmp_path / "base")]) == 0
+    assert '"better_on": 2' in capsys.readouterr().out
+
+
 def test_train_runs_the_chosen_recipe_on_each_fold_and_resumes(cv, tmp_path, monkeypatch):
     commands = []
     monkeypatch.setattr(cv.subprocess, "run", lambda command, check: commands.append(command))
