@@ -248,6 +248,22 @@ def test_feature_cache_matches_the_frozen_front_and_is_reused(tmp_path, tiny_mod
     assert cache.missing(specs) == specs
 
 
+def test_feature_cache_keys_follow_file_content_not_timestamps(tmp_path, tiny_model):
+    """A dataset re-copied with new modification times keeps its cache; new bytes do not."""
+    import os
+
+    photo = make_photo(tmp_path / "a.png", 80, 64, seed=1)
+    spec = ImageSpec(str(photo))
+    cache = FeatureCache(tmp_path / "cache", tiny_model, TINY_PREP)
+    cache.build([spec], progress=False)
+    stat = photo.stat()
+    os.utime(photo, ns=(stat.st_atime_ns + 10**9, stat.st_mtime_ns + 10**9))
+    assert cache.missing([spec]) == []
+    make_photo(photo, 80, 64, seed=2)
+    assert cache.missing([spec]) == [spec]
+    assert cache.key(dataclasses.replace(spec, flip=True)) != cache.key(spec)
+
+
 def test_cached_and_on_the_fly_paths_are_the_same_network(tmp_path, tiny_model):
     photos = [make_photo(tmp_path / f"{i}.png", 80 + 16 * i, 64, seed=i) for i in range(3)]
     specs = [ImageSpec(str(p)) for p in photos]

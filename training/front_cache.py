@@ -8,6 +8,7 @@ v2's multi-view study caches pooled vectors instead (``iqa.training.feature_cach
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -48,6 +49,26 @@ def parameters_digest(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+@functools.lru_cache(maxsize=65536)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, hashed once per process while its size and mtime hold.
+
+    Cache keys hash content, not modification times: a dataset copied or re-mounted (as
+    ../shared is at each session) keeps its cache, while an edited file still gets a new key.
+    """
+    path = os.fspath(path)
+    stat = os.stat(path)
+    return _digest(path, stat.st_size, stat.st_mtime_ns)
+
+
 def frozen_stride(model, prep: Preprocessing) -> int:
     """Pixels per cell of the frozen front's output (1 when nothing is frozen)."""
     side = 2 * prep.size_multiple
@@ -78,7 +99,7 @@ class FeatureCache:
 
     Entries live under ``root/<fingerprint>/``; the fingerprint hashes the backbone, the
     number of frozen blocks, the frozen weights and the preprocessing, and each entry's
-    key hashes the spec and the file's size and modification time. Any change to what the
+    key hashes the spec and the file's bytes. Any change to what the
     features depend on therefore lands in a fresh location instead of being read stale.
     Writes are atomic (temp file + os.replace), so concurrent ranks and killed runs never
     leave a half-written entry.
@@ -106,9 +127,7 @@ class FeatureCache:
             _atomic_write_bytes(info, json.dumps(identity, indent=2, sort_keys=True).encode())
 
     def key(self, spec: ImageSpec) -> str:
-        stat = Path(spec.path).stat()
-        payload = json.dumps({**asdict(spec), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns},
-                             sort_keys=True)
+        payload = json.dumps({**asdict(spec), "content": file_digest(spec.path)}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def path(self, spec: ImageSpec) -> Path:
