@@ -7,7 +7,9 @@
   // The server answers 503 once workers + queue are full; a small pool keeps a big drop
   // from tripping that for other clients, and 503s that still happen are retried.
   const PARALLEL = 2;
-  const MAX_RETRIES = 5;
+  // A photo refused as busy is retried (after Retry-After) for this long before it is
+  // marked failed: a count of tries would give up early whenever scoring is slow.
+  const MAX_BUSY_WAIT_MS = 60000;
   const BUCKET_LABELS = {
     very_poor: "very poor", poor: "poor", decent: "decent", good: "good", very_good: "very good",
   };
@@ -97,7 +99,8 @@
                           message: "the server could not be reached (" + err.message + ")" });
     }
     if (!items.includes(item)) return;
-    if (response.status === 503 && item.retries < MAX_RETRIES) {
+    if (response.status === 503 && !item.busySince) item.busySince = Date.now();
+    if (response.status === 503 && Date.now() - item.busySince < MAX_BUSY_WAIT_MS) {
       item.retries += 1;
       const wait = Math.min(10, Number(response.headers.get("Retry-After")) || 1);
       item.status = "queued";
