@@ -18,8 +18,6 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
-from ..errors import IQAError
-
 log = logging.getLogger("iqa.server")
 
 _model = None  # the worker process's QualityModel, set by _start_worker
@@ -53,15 +51,15 @@ def _start_worker(spec: WorkerModel, nice: int) -> None:
 
 def score_in_worker(data: bytes, name: str):
     from .errors import ScoringError
+    from .service import score_bytes
 
     try:
-        return _model.score(data, name=name)
-    except IQAError:
+        return score_bytes(_model, data, name)
+    except ScoringError as exc:
+        # A real fault: only the message crosses the process boundary (pickling drops the
+        # cause), so the traceback is logged here.
+        log.error("scoring %s failed", name, exc_info=exc.__cause__)
         raise
-    except Exception:  # noqa: BLE001 - onnxruntime and friends raise untyped errors
-        # Only the message crosses the process boundary: the traceback stays in this log.
-        log.exception("scoring %s failed", name)
-        raise ScoringError(f"{name}: the model failed on this image") from None
 
 
 def worker_pid() -> int:

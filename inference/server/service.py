@@ -59,6 +59,16 @@ def parse_flag(name: str, value: str | None) -> bool:
     raise InvalidParameterError(f"`{name}` must be 1 or 0 (or true/false), got {value!r}")
 
 
+def score_bytes(model, data: bytes, name: str):
+    """``model.score``, with any error that is not one of ours turned into ScoringError."""
+    try:
+        return model.score(data, name=name)
+    except IQAError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - onnxruntime and friends raise untyped errors
+        raise ScoringError(f"{name}: the model failed on this image") from exc
+
+
 class CheckService:
     def __init__(self, model, settings: ServerSettings, fetcher: ImageFetcher | None = None):
         self.model = model
@@ -141,12 +151,7 @@ class CheckService:
             raise ScoringError(f"{name}: the scoring worker process stopped") from None
 
     def _score_bytes(self, data: bytes, name: str):
-        try:
-            return self.model.score(data, name=name)
-        except IQAError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - onnxruntime and friends raise untyped errors
-            raise ScoringError(f"{name}: the model failed on this image") from exc
+        return score_bytes(self.model, data, name)
 
     def _quality_body(self, result, details: bool) -> dict:
         # Two decimals, like the hosted API; the exact value is an extra.
