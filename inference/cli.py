@@ -31,6 +31,9 @@ COMMANDS: dict[str, tuple[str, str, str | None]] = {
     "calibrate": ("iqa.training.calibrate",
                   "fit a trained model's MOS -> page-scale calibration on training photos",
                   "train"),
+    "penalty": ("iqa.training.penalty",
+                "give a trained model a detail-view penalty fitted on training photos",
+                "train"),
 }
 
 # Modules whose absence means an optional extra is missing, not a bug.

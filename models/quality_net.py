@@ -13,6 +13,11 @@ runs on both views and the heads see both pooled vectors, so pixel-level blur, n
 compression that the downscaled global view hides still reach them. ``forward`` then
 takes ``(image, detail)``.
 
+With ``detail_penalty`` the detail view does not reach the heads: its pooled features
+feed a :class:`.penalty.DetailPenalty` instead, fitted after training on synthetic copies
+(``iqa penalty``), and the MOS is the global view's minus that penalty. The rated photos'
+loss never trains on the detail view, so it cannot pull their ranking.
+
 With ``exposure_stats`` the heads also see statistics of the input pixels themselves
 (:mod:`.exposure`: a luminance histogram, clipping, colour): ImageNet features are nearly
 blind to exposure. They are computed inside ``forward`` from the normalised input, so the
@@ -42,6 +47,7 @@ from .backbones import BackboneError, backbone_preprocessing, create_backbone
 from .calibration import MonotoneCalibration
 from .exposure import EMBED_WIDTH, ExposureFeatures
 from .heads import MLPHead
+from .penalty import DetailPenalty
 from .pooling import mean_std
 
 # Attributes of timm's EfficientNet-style models (EfficientNet, -Lite, MixNet, ...) whose
@@ -71,6 +77,8 @@ class QualityNet(nn.Module):
         detail_view: DetailView | None = None,
         preprocessing: Preprocessing | None = None,
         exposure_stats: bool = False,
+        detail_penalty: bool = False,
+        penalty_global: bool = False,
     ):
         super().__init__()
         self.backbone = backbone
@@ -105,7 +113,21 @@ class QualityNet(nn.Module):
         )
         features += sum(norm.normalized_shape[0] for norm in self.level_norms)
         self.detail_view = detail_view
-        if detail_view is not None:
+        self.penalty = None
+        self.penalty_global = bool(penalty_global)
+        if detail_penalty and detail_view is None:
+            raise BackboneError("detail_penalty needs a detail view (detail_grid)")
+        if penalty_global and not detail_penalty:
+            raise BackboneError("penalty_global needs detail_penalty")
+        if detail_penalty:
+            # Fixed norms: the penalty is a closed-form fit, so nothing here may train.
+            self.detail_norms = nn.ModuleList(
+                nn.LayerNorm(norm.normalized_shape[0], elementwise_affine=False)
+                for norm in self.level_norms)
+            # With penalty_global it also reads the global view's vector, so that it can
+            # learn what the detail view shows *beyond* the global view.
+            self.penalty = DetailPenalty(features * (2 if penalty_global else 1))
+        elif detail_view is not None:
             # Its own norms: the mosaic's statistics are not the thumbnail's.
             self.detail_norms = nn.ModuleList(
                 nn.LayerNorm(norm.normalized_shape[0]) for norm in self.level_norms)
@@ -189,17 +211,41 @@ class QualityNet(nn.Module):
             raise ValueError(f"this model takes {wanted} input(s) besides the global view's "
                              f"features (detail view: {self.detail_view is not None}, "
                              f"exposure statistics: {self.exposure is not None}), got {len(extra)}")
-        pooled = self._pooled(feats, self.level_norms)
-        if self.detail_view is not None:
+        pooled = global_pooled = self._pooled(feats, self.level_norms)
+        if self.detail_view is not None and self.penalty is None:
             pooled = torch.cat([pooled, self._pooled(extra[0], self.detail_norms)], dim=1)
         if self.exposure is not None:
             pooled = torch.cat([pooled, self.exposure(extra[-1])], dim=1)
         score = self.score_head(pooled).squeeze(-1)
+        if self.penalty is not None:
+            # Clamped so that `mos` stays in [0, 1], as the contract promises.
+            penalty = self.penalty(self.penalty_features(extra[0], global_pooled))
+            score = (score - penalty).clamp(min=0.0)
         if self.factor_head is None:
             factors = pooled.new_zeros((pooled.shape[0], 0))
         else:
             factors = self.factor_head(pooled)
         return score, factors
+
+    def penalty_features(self, detail_feats: torch.Tensor,
+                         global_pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """The vector a ``detail_penalty`` reads: the detail view's pooled features (from
+        its ``forward_frozen`` output), then the global view's pooled vector if the
+        penalty reads it too (``penalty_global``)."""
+        detail = self.detail_features(detail_feats)
+        if not self.penalty_global:
+            return detail
+        if global_pooled is None:
+            raise ValueError("this penalty also reads the global view's pooled vector")
+        return torch.cat([detail, global_pooled], dim=1)
+
+    def detail_features(self, detail_feats: torch.Tensor) -> torch.Tensor:
+        """The detail view's pooled vector, from its ``forward_frozen`` output."""
+        return self._pooled(detail_feats, self.detail_norms)
+
+    def global_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """The global view's pooled vector, from its ``forward_frozen`` output."""
+        return self._pooled(feats, self.level_norms)
 
     def _blocks_pooling(self, feats: torch.Tensor, levels: list[torch.Tensor],
                         level_norms: nn.ModuleList) -> torch.Tensor:
@@ -271,6 +317,8 @@ def create_model(
     detail_grid: int | None = None,
     detail_patch: int = 32,
     exposure_stats: bool = False,
+    detail_penalty: bool = False,
+    penalty_global: bool = False,
 ) -> QualityNet:
     """Build a QualityNet. ``pretrained``: True = bundled offline ImageNet weights
     (see ``BACKBONES``), False = random init, or a path to a .pth/.safetensors state_dict.
@@ -279,6 +327,9 @@ def create_model(
     ``detail_grid``: also see a ``detail_grid`` x ``detail_grid`` mosaic of native
     ``detail_patch``-px patches (None = the global view only, as v1). ``exposure_stats``:
     the heads also see statistics of the input pixels (:mod:`.exposure`).
+    ``detail_penalty``: the detail view feeds a post-hoc penalty instead of the heads
+    (:mod:`.penalty`; needs ``detail_grid``); with ``penalty_global`` the penalty also
+    reads the global view's pooled features.
     """
     model_kwargs = {
         "backbone": backbone,
@@ -294,6 +345,10 @@ def create_model(
         model_kwargs["calibrated"] = True
     if exposure_stats:
         model_kwargs["exposure_stats"] = True
+    if detail_penalty:
+        model_kwargs["detail_penalty"] = True
+    if penalty_global:
+        model_kwargs["penalty_global"] = True
     net = create_backbone(backbone, pretrained=pretrained)
     detail_view = None
     if detail_grid:
@@ -312,4 +367,6 @@ def create_model(
         calibrated=calibrated,
         detail_view=detail_view,
         exposure_stats=exposure_stats,
+        detail_penalty=detail_penalty,
+        penalty_global=penalty_global,
     )

@@ -1,0 +1,185 @@
+"""`iqa penalty`: a detail-view penalty fitted after training on synthetic versions only,
+subtracted from the global view's MOS, exported inside the graph."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("timm")
+pytest.importorskip("onnx")
+pytest.importorskip("sklearn")
+
+from test_train_fakes import (  # noqa: E402, F401  (fixtures)
+    fake_root,
+    feature_cache_dir,
+    tiny_overrides,
+    train_tiny,
+)
+
+from iqa.inference import QualityModel  # noqa: E402
+from iqa.inference.cli import main  # noqa: E402
+from iqa.inference.preprocess import to_model_inputs  # noqa: E402
+from iqa.models.penalty import DetailPenalty  # noqa: E402
+from iqa.training.checkpoint import load_checkpoint  # noqa: E402
+from iqa.training.export import model_from_checkpoint  # noqa: E402
+from iqa.training.multiview_data import level_samples  # noqa: E402
+from iqa.training.penalty import fit_penalty, penalty_model, penalty_targets  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trained(fake_root, feature_cache_dir, tmp_path_factory):  # noqa: F811
+    run_dir = tmp_path_factory.mktemp("penalty") / "run"
+    assert train_tiny("livec_levels", run_dir, fake_root, tiny_overrides(feature_cache_dir)) == 0
+    return run_dir / "best.pt"
+
+
+@pytest.fixture(scope="module")
+def penalised(trained):
+    out = trained.parent / "penalty.pt"
+    assert main(["penalty", str(trained), "-o", str(out), "--threads", "1",
+                 "--no-progress"]) == 0
+    return out
+
+
+def _photo(seed: int, shape=(120, 160)) -> np.ndarray:
+    return (np.random.default_rng(seed).random((*shape, 3)) * 255).astype(np.uint8)
+
+
+def _inputs(model, image, detail_source=None):
+    from PIL import Image
+
+    arrays = to_model_inputs(Image.fromarray(image), model.preprocessing, model.detail_view,
+                             detail_source=detail_source)
+    return [torch.from_numpy(a)[None] for a in arrays.values()]
+
+
+def test_detail_penalty_is_a_clipped_linear_map():
+    head = DetailPenalty(3)
+    assert torch.equal(head(torch.ones(2, 3)), torch.zeros(2))  # zero until fitted
+    head.set_fit([1.0, 0.0, 0.0], [2.0, 1.0, 1.0], [1.0, -1.0, 0.5], 0.1)
+    x = torch.tensor([[5.0, 1.0, 2.0], [1.0, 9.0, 0.0]])
+    # (5-1)/2 - 1 + 1 + 0.1 = 2.1; the second is negative and clipped to 0.
+    assert torch.allclose(head(x), torch.tensor([2.1, 0.0]))
+    with pytest.raises(ValueError, match="shape"):
+        head.set_fit([0.0], [1.0], [1.0], 0.0)
+
+
+def test_an_unfitted_penalty_leaves_the_trained_model_unchanged(trained):
+    checkpoint = load_checkpoint(trained)
+    base, model = model_from_checkpoint(checkpoint), penalty_model(checkpoint)
+    assert model.detail_view is not None and model.penalty is not None
+    image = _photo(1)
+    with torch.no_grad():
+        want = base(*_inputs(base, image)[:1])[0]
+        got = model(*_inputs(model, image))[0]
+    assert torch.allclose(want, got)
+
+
+def test_the_penalty_reads_only_the_detail_view_and_only_lowers(trained):
+    model = penalty_model(load_checkpoint(trained))
+    from PIL import Image, ImageFilter
+
+    image = _photo(2)
+    blurred = np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(3)))
+    sharp_in, blurred_in = _inputs(model, image), _inputs(model, image, blurred)
+    assert torch.equal(sharp_in[0], blurred_in[0])  # the same global view
+    with torch.no_grad():
+        sharp_feats = model.detail_features(model.forward_frozen(sharp_in[1]))[0]
+        soft_feats = model.detail_features(model.forward_frozen(blurred_in[1]))[0]
+        # A penalty of 0 at the sharp mosaic's features and 0.05 at the blurred one's.
+        step = soft_feats - sharp_feats
+        model.penalty.set_fit(sharp_feats, torch.ones_like(step), 0.05 * step / step.dot(step),
+                              0.0)
+        before = penalty_model(load_checkpoint(trained))(*sharp_in)[0]
+        sharp, soft = model(*sharp_in)[0], model(*blurred_in)[0]
+    assert float(before) > 0.05
+    assert float(sharp) == pytest.approx(float(before), abs=1e-6)
+    assert float(soft) == pytest.approx(float(before) - 0.05, abs=1e-4)
+
+
+def test_fit_penalty_recovers_a_clipped_linear_residual():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(40), 25)
+    feats = rng.normal(size=(len(groups), 30)) * rng.uniform(0.5, 5, 30)
+    truth = np.maximum(feats[:, :3] @ np.array([0.05, -0.02, 0.01]) - 0.02, 0.0)
+    fit = fit_penalty(feats, truth + rng.normal(0, 0.005, len(truth)), groups)
+    assert fit.alpha in fit.cv_mse and fit.cv_mse[fit.alpha] == min(fit.cv_mse.values())
+    # A linear fit of a clipped linear target: close, not exact.
+    assert np.corrcoef(fit.predict(feats), truth)[0, 1] > 0.9
+    assert np.all(fit.predict(feats) >= 0)
+
+
+def test_penalty_targets_are_the_clipped_gap_above_the_level_prior():
+    mos = np.array([0.8, 0.5, 0.2])
+    levels = np.array([0.9, 0.4, 0.9])
+    # prior: MOS = 0.1 + 0.8 * level -> targets on the MOS scale 0.82, 0.42, 0.82
+    assert np.allclose(penalty_targets(mos, levels, (0.1, 0.8)), [0.0, 0.08, 0.0])
+
+
+def test_iqa_penalty_fits_on_every_training_version_and_exports(penalised, trained, fake_root,  # noqa: F811
+                                                               tmp_path):
+    state = torch.load(penalised, weights_only=False)
+    kwargs = state["model_kwargs"]
+    assert kwargs["detail_penalty"] and kwargs["detail_grid"] == 7 and kwargs["pool_stages"]
+    report = state["metadata"]["detail_penalty"]
+    photos = sorted(p for p in (fake_root / "pristine").rglob("*.jpg") if "bsds500" not in str(p))
+    # Every level version, the ones only a detail view shows included.
+    assert report["versions"] == len(list(level_samples(photos, per_distortion=3)))
+    assert any(name.endswith("|hidden") for name in report["by_distortion"])
+    assert report["alpha"] in [float(a) for a in report["group_cv_mse"]]
+    before = torch.load(trained, weights_only=False)["model"]
+    assert all(torch.equal(before[k], state["model"][k]) for k in before)  # weights kept
+    assert "optimizer" not in state
+
+    calibrated = tmp_path / "calibrated.pt"
+    onnx_path = tmp_path / "penalised.onnx"
+    assert main(["calibrate", str(penalised), "-o", str(calibrated), "--threads", "1",
+                 "--no-progress"]) == 0
+    assert main(["export", str(calibrated), "-o", str(onnx_path)]) == 0
+    scorer = QualityModel(onnx_path)
+    model = model_from_checkpoint(load_checkpoint(calibrated))
+    image = _photo(3, (96, 128))
+    result = scorer.score(image)
+    with torch.no_grad():
+        score, mos, _ = model.forward_calibrated(*_inputs(model, image))
+    assert result.mos == pytest.approx(float(mos[0]), abs=1e-4)
+    assert result.score == pytest.approx(float(score[0]), abs=1e-4)
+
+
+def test_bad_checkpoints_exit_2_with_a_message(trained, penalised, tmp_path, capsys):
+    out = tmp_path / "o.pt"
+    assert main(["penalty", str(tmp_path / "nope.pt"), "-o", str(out)]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["penalty", str(penalised), "-o", str(out)]) == 2
+    assert "already has a detail view" in capsys.readouterr().err
+    state = torch.load(trained, weights_only=False)
+    torch.save({**state, "model_kwargs": {**state["model_kwargs"], "calibrated": True}},
+               tmp_path / "calibrated.pt")
+    assert main(["penalty", str(tmp_path / "calibrated.pt"), "-o", str(out)]) == 2
+    assert "penalise before calibrating" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_penalty_that_reads_both_views_sees_the_global_vector_too(trained):
+    checkpoint = load_checkpoint(trained)
+    model = penalty_model(checkpoint, global_view=True)
+    detail_only = penalty_model(checkpoint)
+    assert model.penalty.width == 2 * detail_only.penalty.width
+    assert model.model_kwargs["penalty_global"]
+    inputs = _inputs(model, _photo(4))
+    with torch.no_grad():
+        whole = model.global_features(model.forward_frozen(inputs[0]))
+        feats = model.penalty_features(model.forward_frozen(inputs[1]), whole)
+        half = detail_only.penalty.width
+        assert torch.equal(feats[:, half:], whole)
+        # A penalty on the global half only: 0.03 below the unpenalised MOS.
+        weight = torch.zeros(model.penalty.width)
+        weight[half] = 1.0
+        mean = feats[0].clone()
+        model.penalty.set_fit(mean, torch.ones_like(mean), weight, 0.03)
+        assert float(model(*inputs)[0]) == pytest.approx(float(detail_only(*inputs)[0]) - 0.03,
+                                                         abs=1e-5)
+    with pytest.raises(ValueError, match="global"):
+        model.penalty_features(model.forward_frozen(inputs[1]))

@@ -1,0 +1,327 @@
+"""``iqa penalty``: give a trained single-view QualityNet a detail-view penalty.
+
+The network's MOS comes from its downscaled global view, so damage that only shows at the
+photo's own resolution (a 1.5 px blur on a 12-megapixel photo) barely moves it. Fusing a
+native-resolution detail view into the MOS head fixes that but lets the rated photos'
+loss train on the detail view, which cost ranking over 5 CV folds (MODEL_CARD.md).
+
+Here the trained network stays as it is. Its backbone also runs on the detail view, and a
+linear penalty on that view's pooled features (:class:`iqa.models.penalty.DetailPenalty`)
+is fitted on **training data only**: the clean synthetic photos of the run's config and
+their level versions, the same ones ``iqa calibrate`` uses (including the "hidden" ones,
+whose damage only the detail view shows). The penalty's target is how far each version's
+predicted MOS sits above its level target on the MOS scale (the run's level prior, fitted
+on its training MOS), clipped at 0. The ridge penalty is chosen by cross-validation
+grouped by source photo, so no photo's siblings choose it for it.
+
+    iqa penalty runs/levels/last.pt -o runs/levels/penalty.pt
+    iqa calibrate runs/levels/penalty.pt -o runs/levels/calibrated.pt
+    iqa export runs/levels/calibrated.pt -o model.onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# Ridge penalties tried on standardised features; the grid spans under- to over-smoothing
+# for a few thousand versions of 2,688 features.
+ALPHAS = (30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0, 30000.0)
+GROUP_FOLDS = 5
+# The families whose damage lives in fine detail, the detail view's job; exposure, flare,
+# contrast and the night and background-blur styles are the global view's.
+DETAIL_FAMILIES = frozenset({"gaussian_blur", "defocus_blur", "motion_blur", "gaussian_noise",
+                             "jpeg"})
+# Which versions teach the penalty (scripts/penalty_cv.py compares them):
+#   all    - every version, its target the gap above its level;
+#   detail - every version, but only detail families keep their gap: the others teach the
+#            penalty to stay at 0 where the global view is the one to judge;
+#   hidden - the clean photos and the versions only the detail view shows.
+FIT_SETS = ("all", "detail", "hidden")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", type=Path,
+                        help="single-view checkpoint written by `iqa train` (.pt)")
+    parser.add_argument("-o", "--output", type=Path, required=True,
+                        help="checkpoint to write, with the detail view and its penalty "
+                        "(then `iqa calibrate` and `iqa export` it)")
+    parser.add_argument("--grid", type=int, default=7,
+                        help="the detail view's mosaic is GRID x GRID patches (default 7)")
+    parser.add_argument("--patch", type=int, default=32,
+                        help="native-resolution patch side in px (default 32)")
+    parser.add_argument("--photos", type=Path,
+                        help="folder of clean training photos (default: the run's "
+                        "synthetic.root); never photos kept for evaluation")
+    parser.add_argument("--subsets", nargs="*",
+                        help="sub-folders of --photos (default: the run's synthetic.subsets)")
+    parser.add_argument("--global-view", action="store_true",
+                        help="the penalty also reads the global view's pooled features, so it "
+                        "can learn what the detail view shows beyond it")
+    parser.add_argument("--per-distortion", type=int, default=3,
+                        help="strengths drawn per photo and distortion (default 3)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the strengths drawn")
+    parser.add_argument("--fit-on", choices=FIT_SETS, default="all",
+                        help="which versions teach the penalty: all (default), detail (only "
+                        "blur, noise and JPEG keep their gap; the rest teach 0) or hidden "
+                        "(clean photos and the damage only the detail view shows)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def penalty_model(checkpoint: dict, grid: int = 7, patch: int = 32, global_view: bool = False):
+    """The checkpoint's single-view QualityNet with a detail view and an unfitted (zero)
+    penalty; its outputs equal the checkpoint's until :func:`fit_penalty` is applied."""
+    from iqa.models import create_model
+
+    from .export import ExportError, model_from_checkpoint
+
+    kwargs = dict(checkpoint.get("model_kwargs") or {})
+    if kwargs.get("detail_grid"):
+        raise ExportError("this checkpoint already has a detail view; `iqa penalty` adds one "
+                          "to a single-view model")
+    if kwargs.get("calibrated"):
+        raise ExportError("penalise before calibrating: the calibration is fitted on the "
+                          "penalised MOS (`iqa penalty`, then `iqa calibrate`)")
+    base = model_from_checkpoint(checkpoint)
+    model = create_model(**kwargs, pretrained=False, detail_grid=grid, detail_patch=patch,
+                         detail_penalty=True, penalty_global=global_view)
+    missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("penalty.") for k in missing):
+        raise ExportError(f"cannot add a penalty to this model: missing {missing}, "
+                          f"unexpected {unexpected}")
+    model.preprocessing = base.preprocessing
+    return model.eval()
+
+
+@dataclass
+class Fronts:
+    """Each sample's frozen-front outputs: the global view, the detail view, then the
+    input's exposure statistics when the model uses them (forward_trainable's order)."""
+
+    tensors: list[tuple]
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+
+def frozen_fronts(model, inputs, *, progress: bool = True, desc: str = "frozen front"
+                  ) -> Fronts:
+    """Run the frozen front on each (image, detail source or None) through inference's own
+    preprocessing. The front is frozen, so runs that share a backbone share these."""
+    import torch
+    from PIL import Image
+    from tqdm import tqdm
+
+    from iqa.inference.preprocess import to_model_inputs
+
+    out = []
+    with torch.inference_mode():
+        for image, detail_source in tqdm(inputs, desc=desc, unit="img", disable=not progress,
+                                         mininterval=2):
+            arrays = to_model_inputs(Image.fromarray(image) if isinstance(image, np.ndarray)
+                                     else image, model.preprocessing, model.detail_view,
+                                     detail_source=detail_source)
+            x, detail = (torch.from_numpy(a)[None] for a in arrays.values())
+            parts = [model.forward_frozen(x), model.forward_frozen(detail)]
+            if model.exposure is not None:
+                parts.append(model.exposure.stats(x))
+            out.append(tuple(parts))
+    return Fronts(out)
+
+
+def mos_and_views(model, fronts: Fronts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(MOS with the model's current penalty, the detail view's pooled features, the
+    global view's pooled features)."""
+    import torch
+
+    mos, detail, whole = [], [], []
+    with torch.inference_mode():
+        for parts in fronts.tensors:
+            score, _ = model.forward_trainable(*parts)
+            mos.append(float(score[0]))
+            detail.append(model.detail_features(parts[1])[0].numpy())
+            whole.append(model.global_features(parts[0])[0].numpy())
+    return (np.asarray(mos), np.stack(detail).astype(np.float64),
+            np.stack(whole).astype(np.float64))
+
+
+def penalty_inputs(model, detail: np.ndarray, whole: np.ndarray) -> np.ndarray:
+    """What the model's penalty reads, in its order (QualityNet.penalty_features)."""
+    return np.concatenate([detail, whole], axis=1) if model.penalty_global else detail
+
+
+@dataclass
+class PenaltyFit:
+    mean: np.ndarray
+    std: np.ndarray
+    weight: np.ndarray
+    bias: float
+    alpha: float
+    cv_mse: dict[float, float]
+
+    def predict(self, feats: np.ndarray) -> np.ndarray:
+        return np.maximum((feats - self.mean) / self.std @ self.weight + self.bias, 0.0)
+
+    def apply(self, model) -> None:
+        model.penalty.set_fit(self.mean, self.std, self.weight, self.bias)
+
+
+def penalty_targets(mos: np.ndarray, levels: np.ndarray, prior: tuple[float, float]
+                    ) -> np.ndarray:
+    """How far each version's MOS sits above its level on the MOS scale, clipped at 0."""
+    a, b = prior
+    return np.maximum(mos - (a + b * levels), 0.0)
+
+
+def select_versions(names: list[str], targets: np.ndarray, fit_on: str
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(mask of versions used, their targets) for one of :data:`FIT_SETS`."""
+    family = np.asarray([n.split("|")[0] for n in names])
+    hidden = np.asarray([n.endswith("|hidden") for n in names])
+    if fit_on == "all":
+        return np.ones(len(names), bool), targets
+    if fit_on == "detail":
+        return np.ones(len(names), bool), np.where(np.isin(family, list(DETAIL_FAMILIES)),
+                                                   targets, 0.0)
+    if fit_on == "hidden":
+        return hidden | (family == "clean"), targets
+    raise ValueError(f"unknown fit set {fit_on!r}; choose from {', '.join(FIT_SETS)}")
+
+
+def fit_penalty(feats: np.ndarray, targets: np.ndarray, groups: np.ndarray,
+                alphas=ALPHAS) -> PenaltyFit:
+    """Ridge of ``targets`` on standardised ``feats``; alpha by GroupKFold over ``groups``
+    (source photos), scored on the clipped prediction the model will use."""
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import GroupKFold
+
+    mean = feats.mean(0)
+    std = np.maximum(feats.std(0), 1e-4)
+    z = (feats - mean) / std
+    folds = list(GroupKFold(min(GROUP_FOLDS, len(np.unique(groups)))).split(z, targets, groups))
+    cv_mse = {}
+    for alpha in alphas:
+        errors = np.empty_like(targets)
+        for train, test in folds:
+            fit = Ridge(alpha=alpha).fit(z[train], targets[train])
+            errors[test] = np.maximum(fit.predict(z[test]), 0.0) - targets[test]
+        cv_mse[float(alpha)] = float(np.mean(errors ** 2))
+    best = min(cv_mse, key=cv_mse.get)
+    fit = Ridge(alpha=best).fit(z, targets)
+    return PenaltyFit(mean, std, fit.coef_.astype(np.float64), float(fit.intercept_), best,
+                      cv_mse)
+
+
+def training_mos(checkpoint: dict, run_dir: Path) -> np.ndarray:
+    """The run's training MOS: its split.csv's train rows (every image without one)."""
+    from .datasets import load_dataset
+
+    cfg = checkpoint["config"]
+    records = load_dataset(cfg["data"]["dataset"], cfg["data"]["root"],
+                           **(cfg["data"]["options"] or {}))
+    split_file = run_dir / "split.csv"
+    if split_file.is_file():
+        with open(split_file, newline="") as handle:
+            train = {row["path"] for row in csv.DictReader(handle)
+                     if row["split"] == cfg["data"]["split"]["train"]}
+        records = [r for r in records if r.path.name in train]
+    return np.asarray([r.mos for r in records], dtype=np.float64)
+
+
+def version_table(names: list[str], residual: np.ndarray, penalty: np.ndarray) -> dict:
+    """Per distortion: versions, mean residual before the penalty, mean penalty, after."""
+    rows = {}
+    names_arr = np.asarray(names)
+    for name in sorted(set(names)):
+        pick = names_arr == name
+        rows[name] = {"n": int(pick.sum()),
+                      "mean_residual": round(float(residual[pick].mean()), 4),
+                      "mean_penalty": round(float(penalty[pick].mean()), 4),
+                      "mean_residual_after": round(float((residual - penalty)[pick].mean()), 4)}
+    return rows
+
+
+def synthetic_versions(checkpoint: dict, photos_root: Path | None, subsets, per_distortion: int,
+                       seed: int):
+    """(inputs, level targets, distortion names, source photo per version) for the run's
+    clean synthetic photos, every version kept (the model has a detail view)."""
+    from .calibrate import calibration_samples
+    from .data import list_photos
+
+    syn = (checkpoint.get("config") or {}).get("synthetic") or {}
+    root = photos_root or (Path(syn["root"]) if syn.get("root") else None)
+    if root is None:
+        raise ValueError("the checkpoint's config names no synthetic.root: pass --photos")
+    subsets = subsets if subsets is not None else syn.get("subsets")
+    photos = list_photos(root, None, 0, subsets or None)
+    inputs, targets, names, groups = [], [], [], []
+    for index, path in enumerate(photos):
+        for image, detail_source, target, name in calibration_samples([path], per_distortion,
+                                                                      seed, detail=True):
+            inputs.append((image, detail_source))
+            targets.append(target)
+            names.append(name + ("|hidden" if detail_source is not None else ""))
+            groups.append(index)
+    return inputs, np.asarray(targets), names, np.asarray(groups), root, len(photos)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoint import load_checkpoint
+    from .config import ConfigError
+    from .export import ExportError
+    from .levels import level_to_mos_prior
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        checkpoint = load_checkpoint(args.checkpoint)
+        model = penalty_model(checkpoint, args.grid, args.patch, args.global_view)
+        prior = level_to_mos_prior(training_mos(checkpoint, args.checkpoint.parent))
+        inputs, levels, names, groups, root, n_photos = synthetic_versions(
+            checkpoint, args.photos, args.subsets, args.per_distortion, args.seed)
+    except (FileNotFoundError, KeyError, ValueError, ConfigError, ExportError) as exc:
+        print(f"iqa penalty: {exc}", file=sys.stderr)
+        return 2
+
+    print(f"fitting the detail penalty on {n_photos} clean training photos under {root} and "
+          f"{len(levels) - n_photos} distorted versions; level prior: MOS = {prior[0]:.3f} + "
+          f"{prior[1]:.3f} x level", flush=True)
+    fronts = frozen_fronts(model, inputs, progress=not args.no_progress,
+                           desc="distorting and running the front")
+    del inputs
+    mos, detail, whole = mos_and_views(model, fronts)
+    feats = penalty_inputs(model, detail, whole)
+    use, targets = select_versions(names, penalty_targets(mos, levels, prior), args.fit_on)
+    fit = fit_penalty(feats[use], targets[use], groups[use])
+    fit.apply(model)
+    penalty = fit.predict(feats)
+    report = {"method": "ridge on the detail view's pooled features, fitted on training "
+                        "photos' level versions (iqa.training.penalty)",
+              "photos": n_photos, "versions": int(len(levels)), "prior": list(prior),
+              "fit_on": args.fit_on, "versions_fitted": int(use.sum()),
+              "reads": "detail and global views" if args.global_view else "detail view",
+              "alpha": fit.alpha, "group_cv_mse": fit.cv_mse,
+              "by_distortion": version_table(names, mos - (prior[0] + prior[1] * levels),
+                                             penalty)}
+    trainer_state = ("optimizer", "scheduler", "scaler", "rng", "history")
+    out = {k: v for k, v in checkpoint.items() if k not in trainer_state}
+    out["model"] = model.state_dict()
+    out["model_kwargs"] = dict(model.model_kwargs)
+    out["metadata"] = {**(checkpoint.get("metadata") or {}), "detail_penalty": report}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(out, args.output)
+    print(f"ridge alpha {fit.alpha:g} (grouped {GROUP_FOLDS}-fold CV over source photos)")
+    print("| versions | n | MOS above target | penalty | after |\n|---|---:|---:|---:|---:|")
+    for name, row in report["by_distortion"].items():
+        print(f"| {name} | {row['n']} | {row['mean_residual']:+.3f} | {row['mean_penalty']:.3f} "
+              f"| {row['mean_residual_after']:+.3f} |")
+    print(f"wrote {args.output}\nnext: iqa calibrate {args.output} -o calibrated.pt")
+    return 0
