@@ -13,6 +13,9 @@ from dataclasses import asdict, dataclass, field
 INPUT_NAME = "image"
 # Model v2's second input: native-resolution patches of the photo (see DetailView).
 DETAIL_INPUT = "detail"
+# A third input of models whose detail view feeds a gated penalty: per photo, how many
+# times the global view shrinks it (see DetailView.native_scale).
+DETAIL_SCALE_INPUT = "detail_scale"
 SCORE_OUTPUT = "score"
 # Model v2's raw prediction on the training data's MOS scale (LIVE Challenge MOS/100),
 # before the calibration baked into the graph turns it into `score`.
@@ -110,6 +113,12 @@ class DetailView:
     downscaling; this view keeps the pixel-level blur, noise and compression that the
     downscale hides on a 12-megapixel photo. ``patch`` is a multiple of the backbone's
     stride (32) so that every patch maps onto whole feature cells.
+
+    With ``native_scale`` the model also takes ``detail_scale``, an N x 1 float32 input:
+    the photo's native width over the width of its global view
+    (:meth:`Preprocessing.target_size`), e.g. 1.3 for a 500 px photo and 7.8 for a
+    12-megapixel one. A model uses it to weigh the detail view by how much the global view
+    misses (``iqa penalty --gate``).
     """
 
     grid: int = 7
@@ -117,6 +126,7 @@ class DetailView:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     kind: str = "grid_fragments"
+    native_scale: bool = False
 
     @property
     def side(self) -> int:

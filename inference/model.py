@@ -19,6 +19,7 @@ import numpy as np
 
 from .contract import (
     DETAIL_INPUT,
+    DETAIL_SCALE_INPUT,
     FACTORS_OUTPUT,
     INPUT_NAME,
     META_BACKBONE,
@@ -178,9 +179,11 @@ class QualityModel:
         if SCORE_OUTPUT not in outputs:
             raise ModelLoadError(f"{self.path} has no '{SCORE_OUTPUT}' output (has {outputs})")
         inputs = [i.name for i in self.session.get_inputs()]
-        # v1 models take `image` only; v2 adds `detail`, whose recipe is in the metadata.
+        # v1 models take `image` only; v2 adds `detail`, whose recipe is in the metadata, and
+        # a detail view with `native_scale` adds `detail_scale` too.
         self.detail_view: DetailView | None = None
-        if inputs == [INPUT_NAME, DETAIL_INPUT] or inputs == [DETAIL_INPUT, INPUT_NAME]:
+        two_views = {INPUT_NAME, DETAIL_INPUT}
+        if set(inputs) in (two_views, two_views | {DETAIL_SCALE_INPUT}):
             try:
                 recipes = json.loads(self.metadata[META_INPUTS])
                 self.detail_view = DetailView.from_json(recipes[DETAIL_INPUT])
@@ -189,10 +192,15 @@ class QualityModel:
                     f"{self.path} has a '{DETAIL_INPUT}' input but no usable recipe for it in "
                     f"the '{META_INPUTS}' metadata: {exc!r}"
                 ) from exc
+            if self.detail_view.native_scale != (DETAIL_SCALE_INPUT in inputs):
+                raise ModelLoadError(
+                    f"{self.path}: its '{DETAIL_INPUT}' recipe and its inputs {inputs} disagree "
+                    f"on the '{DETAIL_SCALE_INPUT}' input"
+                )
         elif inputs != [INPUT_NAME]:
             raise ModelLoadError(
-                f"{self.path} must take '{INPUT_NAME}' (and optionally '{DETAIL_INPUT}'), "
-                f"has {inputs}"
+                f"{self.path} must take '{INPUT_NAME}' (and optionally '{DETAIL_INPUT}' and "
+                f"'{DETAIL_SCALE_INPUT}'), has {inputs}"
             )
         self.input_names = inputs
         self.has_factors = FACTORS_OUTPUT in outputs

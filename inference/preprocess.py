@@ -84,20 +84,33 @@ def to_detail_input(image: Image.Image | np.ndarray, view: DetailView) -> np.nda
     return normalise(detail_mosaic(np.asarray(image), view), view)
 
 
+def native_scale(size: tuple[int, int], prep: Preprocessing) -> np.ndarray:
+    """The ``detail_scale`` input of a photo of ``size`` (width, height): its width over
+    its global view's width."""
+    width, height = size
+    return np.asarray([width / prep.target_size(width, height)[0]], dtype=np.float32)
+
+
 def to_model_inputs(
-    image: Image.Image, prep: Preprocessing, view: DetailView | None, detail_source=None
+    image: Image.Image, prep: Preprocessing, view: DetailView | None, detail_source=None,
+    scale: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Every input of the model, by ONNX input name, from one decoded photo.
 
     ``view`` None means a single-input (v1) model. ``detail_source`` lets training build
-    the detail view from another version of the photo; inference never passes it.
+    the detail view from another version of the photo, and ``scale`` overrides the
+    photo's ``detail_scale`` (a training version that stands for a larger photo);
+    inference passes neither.
     """
-    from .contract import DETAIL_INPUT, INPUT_NAME
+    from .contract import DETAIL_INPUT, DETAIL_SCALE_INPUT, INPUT_NAME
 
     inputs = {INPUT_NAME: to_model_input(image, prep)}
     if view is not None:
         inputs[DETAIL_INPUT] = to_detail_input(image if detail_source is None else detail_source,
                                                view)
+        if view.native_scale:
+            inputs[DETAIL_SCALE_INPUT] = (native_scale(image.size, prep) if scale is None
+                                          else np.asarray([scale], dtype=np.float32))
     return inputs
 
 
@@ -109,11 +122,13 @@ def to_model_pixels(
     A quarter of the bytes of :func:`to_model_inputs`, for handing images to another
     process; :func:`normalise_pixels` then gives exactly what ``to_model_inputs`` gives.
     """
-    from .contract import DETAIL_INPUT, INPUT_NAME
+    from .contract import DETAIL_INPUT, DETAIL_SCALE_INPUT, INPUT_NAME
 
     pixels = {INPUT_NAME: np.asarray(resize_for_model(image, prep))}
     if view is not None:
         pixels[DETAIL_INPUT] = detail_mosaic(np.asarray(image), view)
+        if view.native_scale:
+            pixels[DETAIL_SCALE_INPUT] = native_scale(image.size, prep)
     return pixels
 
 
@@ -121,11 +136,13 @@ def normalise_pixels(
     pixels: dict[str, np.ndarray], prep: Preprocessing, view: DetailView | None
 ) -> dict[str, np.ndarray]:
     """:func:`to_model_pixels` output -> the model's float32 inputs, by input name."""
-    from .contract import DETAIL_INPUT, INPUT_NAME
+    from .contract import DETAIL_INPUT, DETAIL_SCALE_INPUT, INPUT_NAME
 
     inputs = {INPUT_NAME: normalise(pixels[INPUT_NAME], prep)}
     if DETAIL_INPUT in pixels:
         if view is None:
             raise ValueError(f"a '{DETAIL_INPUT}' input, but the model has no detail view")
         inputs[DETAIL_INPUT] = normalise(pixels[DETAIL_INPUT], view)
+    if DETAIL_SCALE_INPUT in pixels:  # already float32: nothing to normalise
+        inputs[DETAIL_SCALE_INPUT] = pixels[DETAIL_SCALE_INPUT]
     return inputs

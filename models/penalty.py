@@ -23,8 +23,18 @@ class DetailPenalty(nn.Module):
     optimiser, and travel in the state_dict. Zero until fitted.
     """
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, gate: tuple[float, float] | None = None):
         super().__init__()
+        # With a gate the penalty is weighed by the photo's native scale s (the
+        # ``detail_scale`` input): 0 up to gate[0], rising linearly to 1 at gate[1]. Where
+        # the global view sees the photo at nearly its own resolution, the mosaic shows
+        # nothing the global view misses. Fixed by the recipe, never fitted.
+        self.gate_range = None
+        if gate is not None:
+            low, high = (float(g) for g in gate)
+            if not 0 < low < high:
+                raise ValueError(f"the gate must be 0 < low < high, got {gate}")
+            self.gate_range = (low, high)
         self.register_buffer("feature_mean", torch.zeros(width))
         self.register_buffer("feature_std", torch.ones(width))
         self.register_buffer("weight", torch.zeros(width))
@@ -42,6 +52,17 @@ class DetailPenalty(nn.Module):
             setattr(self, name, value)
         self.bias = torch.tensor(float(bias), dtype=torch.float32)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def gate(self, scale: torch.Tensor) -> torch.Tensor:
+        """(N,) or (N, 1) native scales -> (N,) weights in [0, 1]."""
+        low, high = self.gate_range
+        return ((scale.reshape(-1) - low) / (high - low)).clamp(0.0, 1.0)
+
+    def forward(self, features: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         z = (features - self.feature_mean) / self.feature_std
-        return torch.relu(z @ self.weight + self.bias)
+        penalty = torch.relu(z @ self.weight + self.bias)
+        if self.gate_range is None:
+            return penalty
+        if scale is None:
+            raise ValueError("this penalty is gated by the photo's native scale: pass "
+                             "the detail_scale input")
+        return penalty * self.gate(scale)

@@ -79,6 +79,7 @@ class QualityNet(nn.Module):
         exposure_stats: bool = False,
         detail_penalty: bool = False,
         penalty_global: bool = False,
+        penalty_gate: tuple[float, float] | None = None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -126,7 +127,10 @@ class QualityNet(nn.Module):
                 for norm in self.level_norms)
             # With penalty_global it also reads the global view's vector, so that it can
             # learn what the detail view shows *beyond* the global view.
-            self.penalty = DetailPenalty(features * (2 if penalty_global else 1))
+            self.penalty = DetailPenalty(features * (2 if penalty_global else 1),
+                                         gate=penalty_gate)
+            if penalty_gate is not None and not detail_view.native_scale:
+                raise BackboneError("a gated penalty needs a detail view with native_scale")
         elif detail_view is not None:
             # Its own norms: the mosaic's statistics are not the thumbnail's.
             self.detail_norms = nn.ModuleList(
@@ -198,13 +202,15 @@ class QualityNet(nn.Module):
         pooled = self.backbone.forward_head(x, pre_logits=True)
         return torch.cat([*levels, pooled], dim=1) if levels else pooled
 
-    def forward_trainable(self, feats: torch.Tensor, *extra: torch.Tensor
+    def forward_trainable(self, feats: torch.Tensor, *extra: torch.Tensor,
+                          scale: torch.Tensor | None = None
                           ) -> tuple[torch.Tensor, torch.Tensor]:
         """The rest of the network on ``forward_frozen`` output: (score (N,), factors (N, K)).
 
         ``extra`` is what the model has besides the global view, in this order: the detail
         view's ``forward_frozen`` output, then the input's ``exposure.stats`` (the order the
-        feature cache stores them in).
+        feature cache stores them in). ``scale`` is the ``detail_scale`` input of a model
+        whose penalty is gated by it.
         """
         wanted = (self.detail_view is not None) + (self.exposure is not None)
         if len(extra) != wanted:
@@ -219,7 +225,7 @@ class QualityNet(nn.Module):
         score = self.score_head(pooled).squeeze(-1)
         if self.penalty is not None:
             # Clamped so that `mos` stays in [0, 1], as the contract promises.
-            penalty = self.penalty(self.penalty_features(extra[0], global_pooled))
+            penalty = self.penalty(self.penalty_features(extra[0], global_pooled), scale)
             score = (score - penalty).clamp(min=0.0)
         if self.factor_head is None:
             factors = pooled.new_zeros((pooled.shape[0], 0))
@@ -262,21 +268,22 @@ class QualityNet(nn.Module):
                 levels.append(norms[i](torch.cat(mean_std(x), dim=1)))
         return b.bn2(b.conv_head(x))
 
-    def forward(self, x: torch.Tensor, detail: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, detail: torch.Tensor | None = None,
+                scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         # No no_grad here: frozen weights need no gradient anyway, and keeping the graph
         # plain lets the ONNX exporters trace straight through.
         extra = [] if detail is None else [self._frozen(detail)]
         if self.exposure is not None:
             extra.append(self.exposure.stats(x))
-        return self.forward_trainable(self._frozen(x), *extra)
+        return self.forward_trainable(self._frozen(x), *extra, scale=scale)
 
-    def forward_calibrated(self, x: torch.Tensor, detail: torch.Tensor | None = None
+    def forward_calibrated(self, x: torch.Tensor, detail: torch.Tensor | None = None,
+                           scale: torch.Tensor | None = None
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(score on the page's scale, MOS-scale score, factors): the exported outputs."""
         if self.calibration is None:
             raise ValueError("this model has no calibration (create it with calibrated=True)")
-        mos, factors = self(x, detail)
+        mos, factors = self(x, detail, scale)
         return self.calibration(mos), mos, factors
 
     def param_groups(
@@ -319,6 +326,7 @@ def create_model(
     exposure_stats: bool = False,
     detail_penalty: bool = False,
     penalty_global: bool = False,
+    penalty_gate: tuple[float, float] | list[float] | None = None,
 ) -> QualityNet:
     """Build a QualityNet. ``pretrained``: True = bundled offline ImageNet weights
     (see ``BACKBONES``), False = random init, or a path to a .pth/.safetensors state_dict.
@@ -329,7 +337,9 @@ def create_model(
     the heads also see statistics of the input pixels (:mod:`.exposure`).
     ``detail_penalty``: the detail view feeds a post-hoc penalty instead of the heads
     (:mod:`.penalty`; needs ``detail_grid``); with ``penalty_global`` the penalty also
-    reads the global view's pooled features.
+    reads the global view's pooled features; with ``penalty_gate`` (low, high) it is
+    weighed by the photo's native scale (:class:`.penalty.DetailPenalty`), which the model
+    then takes as a third input, ``detail_scale``.
     """
     model_kwargs = {
         "backbone": backbone,
@@ -349,13 +359,16 @@ def create_model(
         model_kwargs["detail_penalty"] = True
     if penalty_global:
         model_kwargs["penalty_global"] = True
+    if penalty_gate is not None:
+        model_kwargs["penalty_gate"] = [float(g) for g in penalty_gate]
     net = create_backbone(backbone, pretrained=pretrained)
     detail_view = None
     if detail_grid:
         model_kwargs.update(detail_grid=int(detail_grid), detail_patch=int(detail_patch))
         prep = backbone_preprocessing(net)
         detail_view = DetailView(grid=int(detail_grid), patch=int(detail_patch),
-                                 mean=prep.mean, std=prep.std)
+                                 mean=prep.mean, std=prep.std,
+                                 native_scale=penalty_gate is not None)
     return QualityNet(
         net,
         model_kwargs=model_kwargs,
@@ -369,4 +382,5 @@ def create_model(
         exposure_stats=exposure_stats,
         detail_penalty=detail_penalty,
         penalty_global=penalty_global,
+        penalty_gate=tuple(penalty_gate) if penalty_gate is not None else None,
     )

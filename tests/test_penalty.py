@@ -118,34 +118,59 @@ def test_penalty_targets_are_the_clipped_gap_above_the_level_prior():
     assert np.allclose(penalty_targets(mos, levels, (0.1, 0.8)), [0.0, 0.08, 0.0])
 
 
-def test_iqa_penalty_fits_on_every_training_version_and_exports(penalised, trained, fake_root,  # noqa: F811
-                                                               tmp_path):
+def test_iqa_penalty_fits_on_every_training_version(penalised, trained, fake_root):  # noqa: F811
     state = torch.load(penalised, weights_only=False)
     kwargs = state["model_kwargs"]
     assert kwargs["detail_penalty"] and kwargs["detail_grid"] == 7 and kwargs["pool_stages"]
+    # The defaults: it reads both views and is gated by the photo's native scale.
+    assert kwargs["penalty_global"] and kwargs["penalty_gate"] == [1.5, 3.0]
     report = state["metadata"]["detail_penalty"]
     photos = sorted(p for p in (fake_root / "pristine").rglob("*.jpg") if "bsds500" not in str(p))
     # Every level version, the ones only a detail view shows included.
     assert report["versions"] == len(list(level_samples(photos, per_distortion=3)))
     assert any(name.endswith("|hidden") for name in report["by_distortion"])
     assert report["alpha"] in [float(a) for a in report["group_cv_mse"]]
+    assert state["metadata"]["training_data"].endswith(
+        f"detail penalty: fitted after training on {report['versions_fitted']} level versions "
+        "of 3 synthetic photos (training data only)")
     before = torch.load(trained, weights_only=False)["model"]
     assert all(torch.equal(before[k], state["model"][k]) for k in before)  # weights kept
     assert "optimizer" not in state
 
-    calibrated = tmp_path / "calibrated.pt"
-    onnx_path = tmp_path / "penalised.onnx"
+
+
+@pytest.fixture(scope="module")
+def gated_onnx(penalised):
+    calibrated = penalised.parent / "calibrated.pt"
+    onnx_path = penalised.parent / "penalised.onnx"
     assert main(["calibrate", str(penalised), "-o", str(calibrated), "--threads", "1",
                  "--no-progress"]) == 0
     assert main(["export", str(calibrated), "-o", str(onnx_path)]) == 0
-    scorer = QualityModel(onnx_path)
+    return onnx_path
+
+
+def test_the_gated_model_exports_and_scores_like_torch(gated_onnx, trained):
+    calibrated = gated_onnx.parent / "calibrated.pt"
+    scorer = QualityModel(gated_onnx)
+    assert scorer.input_names == ["image", "detail", "detail_scale"]
+    assert scorer.detail_view.native_scale
     model = model_from_checkpoint(load_checkpoint(calibrated))
-    image = _photo(3, (96, 128))
-    result = scorer.score(image)
-    with torch.no_grad():
-        score, mos, _ = model.forward_calibrated(*_inputs(model, image))
-    assert result.mos == pytest.approx(float(mos[0]), abs=1e-4)
-    assert result.score == pytest.approx(float(score[0]), abs=1e-4)
+    unpenalised = model_from_checkpoint(load_checkpoint(trained))
+    # A photo the global view shrinks 4x (the gate is open) and one it barely shrinks.
+    for image, gated in ((_photo(3, (1200, 1600)), True), (_photo(5, (64, 96)), False)):
+        inputs = _inputs(model, image)
+        width = image.shape[1]
+        expected = width / model.preprocessing.target_size(width, image.shape[0])[0]
+        assert float(inputs[2][0, 0]) == pytest.approx(expected)
+        assert (expected >= 3.0) if gated else (expected <= 1.5)
+        result = scorer.score(image)
+        with torch.no_grad():
+            score, mos, _ = model.forward_calibrated(*inputs)
+            plain, _ = unpenalised(inputs[0])
+        assert result.mos == pytest.approx(float(mos[0]), abs=1e-4)
+        assert result.score == pytest.approx(float(score[0]), abs=1e-4)
+        if not gated:  # below the gate the penalty is 0: the trained model's own MOS
+            assert float(mos[0]) == pytest.approx(float(plain[0]), abs=1e-5)
 
 
 def test_bad_checkpoints_exit_2_with_a_message(trained, penalised, tmp_path, capsys):
@@ -183,3 +208,46 @@ def test_a_penalty_that_reads_both_views_sees_the_global_vector_too(trained):
                                                          abs=1e-5)
     with pytest.raises(ValueError, match="global"):
         model.penalty_features(model.forward_frozen(inputs[1]))
+
+
+def test_the_description_of_old_level_runs_is_corrected():
+    from iqa.training.penalty import training_data
+
+    old = ("livec: 10 train; synthetic: 4 groups, supervising only rankings against their "
+           "originals and the factor head, never an absolute score")
+    report = {"versions_fitted": 40, "photos": 2}
+    text = training_data({"metadata": {"training_data": old},
+                          "config": {"loss": {"level_weight": 0.5}}}, report)
+    assert "never an absolute score" not in text
+    assert "absolute page-scale levels from the severity (loss.level_weight 0.5)" in text
+    # Without level targets the old words were true and stay.
+    kept = training_data({"metadata": {"training_data": old}, "config": {"loss": {}}}, report)
+    assert kept.startswith(old) and kept.endswith("(training data only)")
+
+
+def test_the_scale_travels_through_the_pixel_path_and_the_metadata(gated_onnx, tmp_path):
+    import json
+
+    import onnx
+
+    from iqa.inference.errors import ModelLoadError
+
+    scorer = QualityModel(gated_onnx)
+    image = _photo(6, (900, 1200))
+    direct = scorer.prepare(image)
+    via_pixels = scorer.inputs_from_pixels(scorer.preparer().prepare_pixels(image))
+    assert sorted(direct) == sorted(via_pixels) == ["detail", "detail_scale", "image"]
+    for name in direct:
+        assert np.array_equal(direct[name], via_pixels[name])
+    assert scorer.score_tensors([direct])[0].score == pytest.approx(scorer.score(image).score)
+    # A file whose detail recipe forgets the scale input is refused, not run half-fed.
+    proto = onnx.load(str(gated_onnx))
+    for prop in proto.metadata_props:
+        if prop.key == "iqa.inputs":
+            recipes = json.loads(prop.value)
+            recipes["detail"]["native_scale"] = False
+            prop.value = json.dumps(recipes)
+    broken = tmp_path / "broken.onnx"
+    onnx.save(proto, str(broken))
+    with pytest.raises(ModelLoadError, match="detail_scale"):
+        QualityModel(broken)

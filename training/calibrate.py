@@ -69,6 +69,8 @@ def predict_mos(model, samples, *, progress: bool = True) -> np.ndarray:
 
     from iqa.inference.preprocess import to_model_inputs
 
+    from .levels import HIDDEN_VERSION_SCALE
+
     view = getattr(model, "detail_view", None)
     model.eval()
     out = []
@@ -76,7 +78,8 @@ def predict_mos(model, samples, *, progress: bool = True) -> np.ndarray:
         for image, detail_source in tqdm(samples, desc="distorting and predicting",
                                          unit="img", disable=not progress, mininterval=2):
             inputs = to_model_inputs(Image.fromarray(image), model.preprocessing, view,
-                                     detail_source=detail_source)
+                                     detail_source=detail_source,
+                                     scale=None if detail_source is None else HIDDEN_VERSION_SCALE)
             tensors = [torch.from_numpy(x)[None] for x in inputs.values()]
             out.append(float(model(*tensors)[0]))
     return np.asarray(out)

@@ -21,6 +21,7 @@ import numpy as np
 
 from iqa.inference.contract import (
     DETAIL_INPUT,
+    DETAIL_SCALE_INPUT,
     FACTORS_OUTPUT,
     INPUT_NAME,
     META_BACKBONE,
@@ -87,11 +88,11 @@ def _graph_module(model):
             super().__init__()
             self.inner = inner
 
-        def forward(self, x, detail=None):
+        def forward(self, x, detail=None, scale=None):
             if _is_calibrated(self.inner):
-                score, mos, factors = self.inner.forward_calibrated(x, detail)
+                score, mos, factors = self.inner.forward_calibrated(x, detail, scale)
                 return (score, mos, factors) if _has_factors(self.inner) else (score, mos)
-            score, factors = self.inner(x, detail)
+            score, factors = self.inner(x, detail, scale)
             return (score, factors) if _has_factors(self.inner) else score
 
     return Outputs(model)
@@ -102,8 +103,11 @@ def _detail_view(model):
 
 
 def input_names(model) -> list[str]:
-    """``image``, and ``detail`` for a model with a detail view."""
-    return [INPUT_NAME] + ([DETAIL_INPUT] if _detail_view(model) is not None else [])
+    """``image``, ``detail`` for a model with a detail view, ``detail_scale`` if that view
+    has ``native_scale``."""
+    view = _detail_view(model)
+    return ([INPUT_NAME] + ([DETAIL_INPUT] if view is not None else [])
+            + ([DETAIL_SCALE_INPUT] if view is not None and view.native_scale else []))
 
 
 def _is_calibrated(model) -> bool:
@@ -135,6 +139,9 @@ def _torch_to_onnx_bytes(model, opset: int, exporter: str) -> bytes:
     view = _detail_view(model)
     if view is not None:
         sample += (torch.zeros(1, 3, view.side, view.side, device=device),)
+        if view.native_scale:
+            # Past the gate, so that the penalty's branch is traced with live values.
+            sample += (torch.full((1, 1), 8.0, device=device),)
     if exporter == "torchscript":
         # The TorchScript exporter is deprecated in favour of dynamo, but it exports a
         # Lite0 in under a second where dynamo takes minutes on a small CPU, and both give

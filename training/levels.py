@@ -92,6 +92,11 @@ LEVELS: dict[str, Level] = {
     )
 }
 
+# A version whose damage only the detail view shows (``Level.hidden``) stands for a large
+# photo whose global view hides it: its ``detail_scale`` is that of a 4000 x 3000 photo
+# (global view 512 x 384), whatever the size of the clean photo it was made from.
+HIDDEN_VERSION_SCALE = 4000 / 512
+
 # Shallow depth of field is a style, not a defect: whole-frame blur must cost more.
 BACKGROUND_BLUR_TARGETS = {0.5: 0.86, 1.0: 0.80}
 # Night scenes: 1.3 stops down, then flare around the lights (the page's example: 0.44).

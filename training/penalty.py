@@ -43,6 +43,11 @@ DETAIL_FAMILIES = frozenset({"gaussian_blur", "defocus_blur", "motion_blur", "ga
 #            penalty to stay at 0 where the global view is the one to judge;
 #   hidden - the clean photos and the versions only the detail view shows.
 FIT_SETS = ("all", "detail", "hidden")
+# The default gate on the photo's native scale s (width over the global view's width):
+# none of the penalty up to 1.5 (LIVE Challenge's 500 px photos are 1.3, where the 384 px
+# global view already sees nearly every pixel, and where every ungated variant cost
+# ranking in the CV), all of it from 3 (photos of 1,152 px on the shorter side and up).
+DEFAULT_GATE = (1.5, 3.0)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,21 +65,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "synthetic.root); never photos kept for evaluation")
     parser.add_argument("--subsets", nargs="*",
                         help="sub-folders of --photos (default: the run's synthetic.subsets)")
-    parser.add_argument("--global-view", action="store_true",
-                        help="the penalty also reads the global view's pooled features, so it "
-                        "can learn what the detail view shows beyond it")
+    parser.add_argument("--reads", choices=("both", "detail"), default="both",
+                        help="what the penalty reads: both views' pooled features (default: "
+                        "it can learn what the mosaic shows beyond the global view) or the "
+                        "mosaic's only")
+    parser.add_argument("--gate", type=float, nargs=2, default=list(DEFAULT_GATE),
+                        metavar=("LOW", "HIGH"),
+                        help="weigh the penalty by the photo's native scale (its width over "
+                        "its global view's): 0 up to LOW, 1 from HIGH (default "
+                        f"{DEFAULT_GATE[0]:g} {DEFAULT_GATE[1]:g}); the model then takes a "
+                        "third input, detail_scale")
+    parser.add_argument("--no-gate", action="store_true",
+                        help="apply the penalty to every photo, whatever its size")
     parser.add_argument("--per-distortion", type=int, default=3,
                         help="strengths drawn per photo and distortion (default 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the strengths drawn")
-    parser.add_argument("--fit-on", choices=FIT_SETS, default="all",
-                        help="which versions teach the penalty: all (default), detail (only "
-                        "blur, noise and JPEG keep their gap; the rest teach 0) or hidden "
+    parser.add_argument("--fit-on", choices=FIT_SETS, default="detail",
+                        help="which versions teach the penalty: detail (default: only blur, "
+                        "noise and JPEG keep their gap, the rest teach 0), all, or hidden "
                         "(clean photos and the damage only the detail view shows)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def penalty_model(checkpoint: dict, grid: int = 7, patch: int = 32, global_view: bool = False):
+def penalty_model(checkpoint: dict, grid: int = 7, patch: int = 32, global_view: bool = False,
+                  gate: tuple[float, float] | None = None):
     """The checkpoint's single-view QualityNet with a detail view and an unfitted (zero)
     penalty; its outputs equal the checkpoint's until :func:`fit_penalty` is applied."""
     from iqa.models import create_model
@@ -90,7 +105,7 @@ def penalty_model(checkpoint: dict, grid: int = 7, patch: int = 32, global_view:
                           "penalised MOS (`iqa penalty`, then `iqa calibrate`)")
     base = model_from_checkpoint(checkpoint)
     model = create_model(**kwargs, pretrained=False, detail_grid=grid, detail_patch=patch,
-                         detail_penalty=True, penalty_global=global_view)
+                         detail_penalty=True, penalty_global=global_view, penalty_gate=gate)
     missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
     if unexpected or any(not k.startswith("penalty.") for k in missing):
         raise ExportError(f"cannot add a penalty to this model: missing {missing}, "
@@ -118,6 +133,7 @@ def frozen_fronts(model, inputs, *, progress: bool = True, desc: str = "frozen f
     from PIL import Image
     from tqdm import tqdm
 
+    from iqa.inference.contract import DETAIL_INPUT, INPUT_NAME
     from iqa.inference.preprocess import to_model_inputs
 
     out = []
@@ -127,7 +143,7 @@ def frozen_fronts(model, inputs, *, progress: bool = True, desc: str = "frozen f
             arrays = to_model_inputs(Image.fromarray(image) if isinstance(image, np.ndarray)
                                      else image, model.preprocessing, model.detail_view,
                                      detail_source=detail_source)
-            x, detail = (torch.from_numpy(a)[None] for a in arrays.values())
+            x, detail = (torch.from_numpy(arrays[n])[None] for n in (INPUT_NAME, DETAIL_INPUT))
             parts = [model.forward_frozen(x), model.forward_frozen(detail)]
             if model.exposure is not None:
                 parts.append(model.exposure.stats(x))
@@ -136,14 +152,16 @@ def frozen_fronts(model, inputs, *, progress: bool = True, desc: str = "frozen f
 
 
 def mos_and_views(model, fronts: Fronts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(MOS with the model's current penalty, the detail view's pooled features, the
-    global view's pooled features)."""
+    """(the global view's MOS, the detail view's pooled features, the global view's pooled
+    features), for a model whose penalty is not fitted yet (:func:`penalty_model`)."""
     import torch
 
     mos, detail, whole = [], [], []
+    # A gated penalty needs a scale; a closed gate (0) leaves the MOS before any penalty.
+    closed = torch.zeros(1) if model.penalty.gate_range is not None else None
     with torch.inference_mode():
         for parts in fronts.tensors:
-            score, _ = model.forward_trainable(*parts)
+            score, _ = model.forward_trainable(*parts, scale=closed)
             mos.append(float(score[0]))
             detail.append(model.detail_features(parts[1])[0].numpy())
             whole.append(model.global_features(parts[0])[0].numpy())
@@ -271,6 +289,25 @@ def synthetic_versions(checkpoint: dict, photos_root: Path | None, subsets, per_
     return inputs, np.asarray(targets), names, np.asarray(groups), root, len(photos)
 
 
+# How run_data described synthetic groups before it knew about level targets; a run with
+# loss.level_weight > 0 did train absolute levels, so the clause is corrected here.
+_STALE_CLAUSE = ("only rankings against their originals and the factor head, never an "
+                 "absolute score")
+
+
+def training_data(checkpoint: dict, report: dict) -> str:
+    """The checkpoint's training-data description, with what the penalty was fitted on."""
+    text = str((checkpoint.get("metadata") or {}).get("training_data", "unknown"))
+    level_weight = float(((checkpoint.get("config") or {}).get("loss") or {})
+                         .get("level_weight") or 0)
+    if level_weight and _STALE_CLAUSE in text:
+        text = text.replace(_STALE_CLAUSE, "rankings against their originals, the factor head "
+                            "and absolute page-scale levels from the severity "
+                            f"(loss.level_weight {level_weight:g})")
+    return (f"{text}; detail penalty: fitted after training on {report['versions_fitted']} "
+            f"level versions of {report['photos']} synthetic photos (training data only)")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -283,7 +320,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     try:
         checkpoint = load_checkpoint(args.checkpoint)
-        model = penalty_model(checkpoint, args.grid, args.patch, args.global_view)
+        model = penalty_model(checkpoint, args.grid, args.patch, args.reads == "both",
+                              None if args.no_gate else tuple(args.gate))
         prior = level_to_mos_prior(training_mos(checkpoint, args.checkpoint.parent))
         inputs, levels, names, groups, root, n_photos = synthetic_versions(
             checkpoint, args.photos, args.subsets, args.per_distortion, args.seed)
@@ -307,7 +345,8 @@ def run(args: argparse.Namespace) -> int:
                         "photos' level versions (iqa.training.penalty)",
               "photos": n_photos, "versions": int(len(levels)), "prior": list(prior),
               "fit_on": args.fit_on, "versions_fitted": int(use.sum()),
-              "reads": "detail and global views" if args.global_view else "detail view",
+              "reads": "detail and global views" if args.reads == "both" else "detail view",
+              "gate": None if args.no_gate else list(args.gate),
               "alpha": fit.alpha, "group_cv_mse": fit.cv_mse,
               "by_distortion": version_table(names, mos - (prior[0] + prior[1] * levels),
                                              penalty)}
@@ -315,7 +354,8 @@ def run(args: argparse.Namespace) -> int:
     out = {k: v for k, v in checkpoint.items() if k not in trainer_state}
     out["model"] = model.state_dict()
     out["model_kwargs"] = dict(model.model_kwargs)
-    out["metadata"] = {**(checkpoint.get("metadata") or {}), "detail_penalty": report}
+    out["metadata"] = {**(checkpoint.get("metadata") or {}), "detail_penalty": report,
+                       "training_data": training_data(checkpoint, report)}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     torch.save(out, args.output)
     print(f"ridge alpha {fit.alpha:g} (grouped {GROUP_FOLDS}-fold CV over source photos)")
