@@ -251,3 +251,23 @@ def test_the_scale_travels_through_the_pixel_path_and_the_metadata(gated_onnx, t
     onnx.save(proto, str(broken))
     with pytest.raises(ModelLoadError, match="detail_scale"):
         QualityModel(broken)
+
+
+def test_calibration_treats_detail_only_versions_as_large_photos(penalised):
+    from PIL import Image, ImageFilter
+
+    from iqa.training.calibrate import predict_mos
+    from iqa.training.levels import HIDDEN_VERSION_SCALE
+
+    model = model_from_checkpoint(load_checkpoint(penalised))
+    clean = _photo(7, (64, 96))  # below the gate at its own size
+    blurred = np.asarray(Image.fromarray(clean).filter(ImageFilter.GaussianBlur(2)))
+    got = predict_mos(model, [(clean, blurred)], progress=False)[0]
+    arrays = to_model_inputs(Image.fromarray(clean), model.preprocessing, model.detail_view,
+                             detail_source=blurred, scale=HIDDEN_VERSION_SCALE)
+    own_size = to_model_inputs(Image.fromarray(clean), model.preprocessing, model.detail_view,
+                               detail_source=blurred)
+    assert float(own_size["detail_scale"][0]) < 1.5 < 3.0 < HIDDEN_VERSION_SCALE
+    with torch.no_grad():
+        want = model(*(torch.from_numpy(a)[None] for a in arrays.values()))[0]
+    assert got == pytest.approx(float(want[0]), abs=1e-6)
