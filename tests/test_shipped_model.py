@@ -50,6 +50,16 @@ _scores = checks.scores_of
 _distorted = checks.distorted
 
 
+def test_the_metadata_says_what_the_model_was_trained_on(model):
+    from iqa.inference.contract import META_TRAINING_DATA
+
+    text = model.metadata[META_TRAINING_DATA]
+    assert "LIVE" in text and "README-LIVE.txt" in text  # the licence notice travels
+    if model.metadata.get("iqa.calibration"):  # v2 and later learnt page-scale levels
+        assert "never an absolute score" not in text
+        assert "absolute page-scale levels" in text
+
+
 @_known_gap("clean photos average 0.73 (0.53-0.84; v1: 0.67)")
 def test_clean_photos_score_high(model, photos):
     scores = _scores(model, photos.values())

@@ -411,13 +411,32 @@ def model_from_checkpoint(checkpoint: dict, *, fresh_calibration: bool = False):
     return model.eval()
 
 
+# How run_data described synthetic groups before it knew about level targets. A run with
+# loss.level_weight > 0 did train absolute levels (the shipped v2 among them), so the
+# clause is corrected wherever a checkpoint's description is read.
+_STALE_CLAUSE = ("only rankings against their originals and the factor head, never an "
+                 "absolute score")
+
+
+def training_data_text(checkpoint: dict) -> str:
+    """The checkpoint's ``metadata.training_data``, with the stale clause corrected."""
+    text = str((checkpoint.get("metadata") or {}).get("training_data", "unknown"))
+    level_weight = float(((checkpoint.get("config") or {}).get("loss") or {})
+                         .get("level_weight") or 0)
+    if level_weight and _STALE_CLAUSE in text:
+        text = text.replace(_STALE_CLAUSE, "rankings against their originals, the factor head "
+                            "and absolute page-scale levels from the severity "
+                            f"(loss.level_weight {level_weight:g})")
+    return text
+
+
 def checkpoint_metadata(checkpoint: dict, source: Path, model_version: str | None) -> dict:
     metadata = checkpoint.get("metadata") or {}
     config = checkpoint.get("config") or {}
     version = model_version or metadata.get("model_version") or config.get("name") or source.stem
     return {
         META_MODEL_VERSION: str(version),
-        META_TRAINING_DATA: str(metadata.get("training_data", "unknown")),
+        META_TRAINING_DATA: training_data_text(checkpoint),
         META_METRICS: metadata.get("validation_metrics") or {},
         META_LICENSE: license_text(checkpoint),
     }

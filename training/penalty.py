@@ -289,22 +289,11 @@ def synthetic_versions(checkpoint: dict, photos_root: Path | None, subsets, per_
     return inputs, np.asarray(targets), names, np.asarray(groups), root, len(photos)
 
 
-# How run_data described synthetic groups before it knew about level targets; a run with
-# loss.level_weight > 0 did train absolute levels, so the clause is corrected here.
-_STALE_CLAUSE = ("only rankings against their originals and the factor head, never an "
-                 "absolute score")
-
-
 def training_data(checkpoint: dict, report: dict) -> str:
     """The checkpoint's training-data description, with what the penalty was fitted on."""
-    text = str((checkpoint.get("metadata") or {}).get("training_data", "unknown"))
-    level_weight = float(((checkpoint.get("config") or {}).get("loss") or {})
-                         .get("level_weight") or 0)
-    if level_weight and _STALE_CLAUSE in text:
-        text = text.replace(_STALE_CLAUSE, "rankings against their originals, the factor head "
-                            "and absolute page-scale levels from the severity "
-                            f"(loss.level_weight {level_weight:g})")
-    return (f"{text}; detail penalty: fitted after training on {report['versions_fitted']} "
+    from .export import training_data_text
+
+    return (f"{training_data_text(checkpoint)}; detail penalty: fitted after training on {report['versions_fitted']} "
             f"level versions of {report['photos']} synthetic photos (training data only)")
 
 
