@@ -35,9 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     from iqa.inference.contract import Preprocessing
     from iqa.inference.preprocess import normalise
     from iqa.training.data import build_synthetic_pool, list_photos, render
-    from iqa.training.datasets import load_dataset
     from iqa.training.export import model_from_checkpoint
     from iqa.training.levels import level_to_mos_prior
+    from iqa.training.penalty import training_mos
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     model = model_from_checkpoint(checkpoint).eval()
     prep = Preprocessing.from_json(json.dumps(checkpoint["preprocessing"]))
-    a, b = level_to_mos_prior(_training_mos(cfg, args.checkpoint.parent, load_dataset))
+    a, b = level_to_mos_prior(training_mos(checkpoint, args.checkpoint.parent))
 
     syn = cfg["synthetic"]
     photos = list_photos(syn["root"], syn["max_photos"], int(syn["seed"]), syn.get("subsets"))
@@ -73,21 +73,6 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({"checkpoint": str(args.checkpoint), "prior": [a, b],
                                          "every": args.every, "by_distortion": table}, indent=1))
     return 0
-
-
-def _training_mos(cfg: dict, run_dir: Path, load_dataset) -> np.ndarray:
-    """The run's training MOS: its split.csv's train rows (every image without one)."""
-    import csv
-
-    records = load_dataset(cfg["data"]["dataset"], cfg["data"]["root"],
-                           **(cfg["data"]["options"] or {}))
-    split_file = run_dir / "split.csv"
-    if split_file.is_file():
-        with open(split_file, newline="") as handle:
-            train = {row["path"] for row in csv.DictReader(handle)
-                     if row["split"] == cfg["data"]["split"]["train"]}
-        records = [r for r in records if r.path.name in train]
-    return np.asarray([r.mos for r in records], dtype=np.float64)
 
 
 if __name__ == "__main__":

@@ -6,13 +6,18 @@ native-resolution detail view into the MOS head fixes that but lets the rated ph
 loss train on the detail view, which cost ranking over 5 CV folds (MODEL_CARD.md).
 
 Here the trained network stays as it is. Its backbone also runs on the detail view, and a
-linear penalty on that view's pooled features (:class:`iqa.models.penalty.DetailPenalty`)
-is fitted on **training data only**: the clean synthetic photos of the run's config and
+linear penalty on that view's pooled features, and by default the global view's too
+(:class:`iqa.models.penalty.DetailPenalty`), is fitted on **training data only**: the clean synthetic photos of the run's config and
 their level versions, the same ones ``iqa calibrate`` uses (including the "hidden" ones,
 whose damage only the detail view shows). The penalty's target is how far each version's
 predicted MOS sits above its level target on the MOS scale (the run's level prior, fitted
 on its training MOS), clipped at 0. The ridge penalty is chosen by cross-validation
 grouped by source photo, so no photo's siblings choose it for it.
+
+Ungated, every variant cost LIVE Challenge ranking in the 5-fold CV, so by default the
+penalty is weighed by the photo's native scale (``--gate``): photos the global view sees
+at nearly their own resolution get none of it (MODEL_CARD.md, "A detail penalty fitted
+after training" and "The gated penalty on fold 0").
 
     iqa penalty runs/levels/last.pt -o runs/levels/penalty.pt
     iqa calibrate runs/levels/penalty.pt -o runs/levels/calibrated.pt
@@ -293,8 +298,9 @@ def training_data(checkpoint: dict, report: dict) -> str:
     """The checkpoint's training-data description, with what the penalty was fitted on."""
     from .export import training_data_text
 
-    return (f"{training_data_text(checkpoint)}; detail penalty: fitted after training on {report['versions_fitted']} "
-            f"level versions of {report['photos']} synthetic photos (training data only)")
+    return (f"{training_data_text(checkpoint)}; detail penalty: fitted after training on "
+            f"{report['versions_fitted']} level versions of {report['photos']} synthetic "
+            "photos (training data only)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -330,8 +336,8 @@ def run(args: argparse.Namespace) -> int:
     fit = fit_penalty(feats[use], targets[use], groups[use])
     fit.apply(model)
     penalty = fit.predict(feats)
-    report = {"method": "ridge on the detail view's pooled features, fitted on training "
-                        "photos' level versions (iqa.training.penalty)",
+    report = {"method": "ridge on pooled view features, fitted on training photos' level "
+                        "versions (iqa.training.penalty)",
               "photos": n_photos, "versions": int(len(levels)), "prior": list(prior),
               "fit_on": args.fit_on, "versions_fitted": int(use.sum()),
               "reads": "detail and global views" if args.reads == "both" else "detail view",
