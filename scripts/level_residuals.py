@@ -36,8 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from iqa.inference.preprocess import normalise
     from iqa.training.data import build_synthetic_pool, list_photos, render
     from iqa.training.export import model_from_checkpoint
-    from iqa.training.levels import level_to_mos_prior
-    from iqa.training.penalty import training_mos
+    from iqa.training.levels import level_to_mos_prior, training_mos
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -104,10 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from iqa.inference.decode import decode_image
+    from iqa.training.calibrate import training_photos
     from iqa.training.checkpoint import load_checkpoint
     from iqa.training.datasets import load_dataset
-    from iqa.training.levels import level_to_mos_prior
+    from iqa.training.levels import level_to_mos_prior, training_mos
     from iqa.training.penalty import (
+        Versions,
         fit_penalty,
         frozen_fronts,
         mos_and_views,
@@ -115,7 +117,6 @@ def main(argv: list[str] | None = None) -> int:
         penalty_targets,
         select_versions,
         synthetic_versions,
-        training_mos,
         version_table,
     )
 
@@ -124,16 +125,21 @@ def main(argv: list[str] | None = None) -> int:
     runs = fold_runs(args.runs, args.folds)
     first = load_checkpoint(next(iter(runs.values())))
     model = penalty_model(first)  # its own penalty unused: the variants are fitted here
-    inputs, levels, names, groups, root, n_photos = synthetic_versions(
-        first, None, None, args.per_distortion, 0)
+    root, photos = training_photos(first, None, None)
+    versions = Versions()
+    # Kept: every fold's rest runs on these fronts (the images themselves are not kept).
+    syn_fronts = list(frozen_fronts(model, synthetic_versions(photos, args.per_distortion, 0,
+                                                              versions),
+                                    desc="synthetic versions: front"))
+    levels, names, groups = (np.asarray(versions.levels), versions.names,
+                             np.asarray(versions.groups))
+    n_photos = len(photos)
     print(f"{n_photos} clean training photos under {root}, {len(levels)} versions", flush=True)
-    syn_fronts = frozen_fronts(model, inputs, desc="synthetic versions: front")
-    del inputs
     cfg = first["config"]
     records = load_dataset(cfg["data"]["dataset"], cfg["data"]["root"],
                            **(cfg["data"]["options"] or {}))
-    rated_fronts = frozen_fronts(model, ((decode_image(r.path), None) for r in records),
-                                 desc="rated photos: front")
+    rated_fronts = list(frozen_fronts(model, ((decode_image(r.path), None) for r in records),
+                                      desc="rated photos: front"))
     names_rated = [r.path.name for r in records]
     mos_rated = np.asarray([r.mos for r in records])
 
@@ -149,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         residual = mos - (prior[0] + prior[1] * levels)
         val = held_out(path.parent / "split.csv")
         pick = np.asarray([n in val for n in names_rated])
-        mos_val, detail_val, whole_val = mos_and_views(model, _subset(rated_fronts, pick))
+        mos_val, detail_val, whole_val = mos_and_views(model, [f for f, keep in zip(rated_fronts, pick, strict=True) if keep])
         without = metrics(mos_val, mos_rated[pick])
         for fit_on, reads in [(f, r) for r in args.reads for f in args.fit_on]:
             variant = f"{fit_on}/{reads}"
@@ -188,12 +194,6 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(json.dumps(report, indent=1))
         print(f"wrote {args.out}")
     return 0
-
-
-def _subset(fronts, pick: np.ndarray):
-    from iqa.training.penalty import Fronts
-
-    return Fronts([t for t, keep in zip(fronts.tensors, pick, strict=True) if keep])
 
 
 if __name__ == "__main__":

@@ -15,8 +15,7 @@ onnx = pytest.importorskip("onnx")
 from test_train_fakes import (  # noqa: E402, F401  (fixtures)
     fake_root,
     feature_cache_dir,
-    tiny_overrides,
-    train_tiny,
+    levels_checkpoint,
 )
 
 from iqa.inference import QualityModel  # noqa: E402
@@ -26,11 +25,8 @@ from iqa.training.multiview_data import level_samples  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def trained(fake_root, feature_cache_dir, tmp_path_factory):  # noqa: F811
-    """best.pt of a two-step livec_levels run (multi-level pooling) on the fake releases."""
-    run_dir = tmp_path_factory.mktemp("calibrate") / "run"
-    assert train_tiny("livec_levels", run_dir, fake_root, tiny_overrides(feature_cache_dir)) == 0
-    return run_dir / "best.pt"
+def trained(levels_checkpoint):  # noqa: F811
+    return levels_checkpoint
 
 
 @pytest.fixture(scope="module")

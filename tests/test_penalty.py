@@ -3,6 +3,8 @@ subtracted from the global view's MOS, exported inside the graph."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -14,8 +16,7 @@ pytest.importorskip("sklearn")
 from test_train_fakes import (  # noqa: E402, F401  (fixtures)
     fake_root,
     feature_cache_dir,
-    tiny_overrides,
-    train_tiny,
+    levels_checkpoint,
 )
 
 from iqa.inference import QualityModel  # noqa: E402
@@ -29,17 +30,15 @@ from iqa.training.penalty import fit_penalty, penalty_model, penalty_targets  # 
 
 
 @pytest.fixture(scope="module")
-def trained(fake_root, feature_cache_dir, tmp_path_factory):  # noqa: F811
-    run_dir = tmp_path_factory.mktemp("penalty") / "run"
-    assert train_tiny("livec_levels", run_dir, fake_root, tiny_overrides(feature_cache_dir)) == 0
-    return run_dir / "best.pt"
+def trained(levels_checkpoint):  # noqa: F811
+    return levels_checkpoint
 
 
 @pytest.fixture(scope="module")
 def penalised(trained):
     out = trained.parent / "penalty.pt"
-    assert main(["penalty", str(trained), "-o", str(out), "--threads", "1",
-                 "--no-progress"]) == 0
+    assert main(["penalty", str(trained), "-o", str(out), "--threads", "1", "--no-progress",
+                 "--json", str(out.with_suffix(".json"))]) == 0
     return out
 
 
@@ -125,6 +124,8 @@ def test_iqa_penalty_fits_on_every_training_version(penalised, trained, fake_roo
     # The defaults: it reads both views and is gated by the photo's native scale.
     assert kwargs["penalty_global"] and kwargs["penalty_gate"] == [1.5, 3.0]
     report = state["metadata"]["detail_penalty"]
+    assert json.loads(penalised.with_suffix(".json").read_text()) == json.loads(
+        json.dumps({"checkpoint": str(trained), **report}))
     photos = sorted(p for p in (fake_root / "pristine").rglob("*.jpg") if "bsds500" not in str(p))
     # Every level version, the ones only a detail view shows included.
     assert report["versions"] == len(list(level_samples(photos, per_distortion=3)))
@@ -141,7 +142,8 @@ def test_iqa_penalty_fits_on_every_training_version(penalised, trained, fake_roo
 
 @pytest.fixture(scope="module")
 def gated_onnx(penalised):
-    calibrated = penalised.parent / "calibrated.pt"
+    # Own names: test_calibrate.py writes calibrated.pt beside the same shared run.
+    calibrated = penalised.parent / "penalty-calibrated.pt"
     onnx_path = penalised.parent / "penalised.onnx"
     assert main(["calibrate", str(penalised), "-o", str(calibrated), "--threads", "1",
                  "--no-progress"]) == 0
@@ -150,7 +152,7 @@ def gated_onnx(penalised):
 
 
 def test_the_gated_model_exports_and_scores_like_torch(gated_onnx, trained):
-    calibrated = gated_onnx.parent / "calibrated.pt"
+    calibrated = gated_onnx.parent / "penalty-calibrated.pt"
     scorer = QualityModel(gated_onnx)
     assert scorer.input_names == ["image", "detail", "detail_scale"]
     assert scorer.detail_view.native_scale
@@ -226,8 +228,6 @@ def test_the_description_of_old_level_runs_is_corrected():
 
 
 def test_the_scale_travels_through_the_pixel_path_and_the_metadata(gated_onnx, tmp_path):
-    import json
-
     import onnx
 
     from iqa.inference.errors import ModelLoadError

@@ -174,6 +174,16 @@ def feature_cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("feature_cache")
 
 
+@pytest.fixture(scope="session")
+def levels_checkpoint(fake_root, feature_cache_dir, tmp_path_factory) -> Path:
+    """best.pt of a two-step livec_levels run (multi-level pooling, level targets) on the
+    fake releases, trained once for every test file that fits something after training.
+    Each file writes its own outputs under its own names beside it."""
+    run_dir = tmp_path_factory.mktemp("levels") / "run"
+    assert train_tiny("livec_levels", run_dir, fake_root, tiny_overrides(feature_cache_dir)) == 0
+    return run_dir / "best.pt"
+
+
 def test_fake_releases_load_with_the_real_loaders(fake_root):
     from iqa.training.datasets import load_dataset, select_split
 

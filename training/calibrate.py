@@ -27,12 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", type=Path, help="checkpoint written by `iqa train` (.pt)")
     parser.add_argument("-o", "--output", type=Path, required=True,
                         help="calibrated checkpoint to write (then `iqa export` it)")
-    parser.add_argument("--photos", type=Path,
-                        help="folder of clean training photos (default: the run's "
-                        "synthetic.root); never photos kept for evaluation")
-    parser.add_argument("--subsets", nargs="*",
-                        help="sub-folders of --photos to use (default: the run's "
-                        "synthetic.subsets)")
+    add_photo_arguments(parser)
     parser.add_argument("--per-distortion", type=int, default=3,
                         help="strengths drawn per photo and distortion (default 3)")
     parser.add_argument("--knots", type=int, default=10,
@@ -40,6 +35,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the strengths drawn")
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_photo_arguments(parser: argparse.ArgumentParser) -> None:
+    """--photos and --subsets: which clean training photos (shared with `iqa penalty`)."""
+    parser.add_argument("--photos", type=Path,
+                        help="folder of clean training photos (default: the run's "
+                        "synthetic.root); never photos kept for evaluation")
+    parser.add_argument("--subsets", nargs="*",
+                        help="sub-folders of --photos to use (default: the run's "
+                        "synthetic.subsets)")
+
+
+def training_photos(checkpoint: dict, photos: Path | None, subsets) -> tuple[Path, list[Path]]:
+    """(root, clean photos): ``photos``/``subsets``, or else the run's synthetic ones."""
+    from .data import list_photos
+
+    syn = (checkpoint.get("config") or {}).get("synthetic") or {}
+    root = photos or (Path(syn["root"]) if syn.get("root") else None)
+    if root is None:
+        raise ValueError("the checkpoint's config names no synthetic.root: pass --photos")
+    subsets = subsets if subsets is not None else syn.get("subsets")
+    return root, list_photos(root, None, 0, subsets or None)
+
+
+def weights_checkpoint(checkpoint: dict, model, metadata: dict) -> dict:
+    """``checkpoint`` with ``model``'s weights and kwargs and ``metadata`` added to its own.
+
+    The weights and what describes them, not the trainer's state, so that nobody resumes
+    training from a fitted file (a fit made after training would not survive an epoch).
+    """
+    trainer_state = ("optimizer", "scheduler", "scaler", "rng", "history")
+    out = {k: v for k, v in checkpoint.items() if k not in trainer_state}
+    out["model"] = model.state_dict()
+    out["model_kwargs"] = dict(model.model_kwargs)
+    out["metadata"] = {**(checkpoint.get("metadata") or {}), **metadata}
+    return out
 
 
 def calibration_samples(photos: list[Path], per_distortion: int, seed: int,
@@ -108,7 +139,6 @@ def run(args: argparse.Namespace) -> int:
 
     from .checkpoint import load_checkpoint
     from .config import ConfigError
-    from .data import list_photos
     from .export import ExportError
     from .heads import fit_calibration
     from .plots import calibration_plot
@@ -120,12 +150,7 @@ def run(args: argparse.Namespace) -> int:
         if (checkpoint.get("model_kwargs") or {}).get("architecture") == "multiview":
             raise ValueError("v2 multi-view models are calibrated by `iqa train` itself")
         model = calibrated_model(checkpoint)
-        syn = (checkpoint.get("config") or {}).get("synthetic") or {}
-        root = args.photos or (Path(syn["root"]) if syn.get("root") else None)
-        if root is None:
-            raise ValueError("the checkpoint's config names no synthetic.root: pass --photos")
-        subsets = args.subsets if args.subsets is not None else syn.get("subsets")
-        photos = list_photos(root, None, 0, subsets or None)
+        root, photos = training_photos(checkpoint, args.photos, args.subsets)
     except (FileNotFoundError, KeyError, ValueError, ConfigError, ExportError) as exc:
         print(f"iqa calibrate: {exc}", file=sys.stderr)
         return 2
@@ -158,13 +183,7 @@ def run(args: argparse.Namespace) -> int:
               "knots_x": knots[0], "knots_y": knots[1],
               "srcc_mos_vs_target": round(float(spearmanr(mos, targets)[0]), 4),
               "by_distortion": summarise(names, targets, mos, score)}
-    # The weights and what describes them; not the trainer's state, so that nobody resumes
-    # training from a calibrated file (its calibration would not survive an epoch).
-    trainer_state = ("optimizer", "scheduler", "scaler", "rng", "history")
-    out = {k: v for k, v in checkpoint.items() if k not in trainer_state}
-    out["model"] = model.state_dict()
-    out["model_kwargs"] = dict(model.model_kwargs)
-    out["metadata"] = {**(checkpoint.get("metadata") or {}), "calibration": report}
+    out = weights_checkpoint(checkpoint, model, {"calibration": report})
     args.output.parent.mkdir(parents=True, exist_ok=True)
     torch.save(out, args.output)
     plot = args.output.with_suffix(".png")

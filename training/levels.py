@@ -23,6 +23,7 @@ night light distortions 0.44.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -166,3 +167,21 @@ def level_to_mos_prior(train_mos: np.ndarray, high_quantile: float = 0.95,
     low = float(np.quantile(train_mos, low_quantile))
     high = float(np.quantile(train_mos, high_quantile))
     return low, (high - low) / CLEAN_TARGET
+
+
+def training_mos(checkpoint: dict, run_dir: Path) -> np.ndarray:
+    """The run's training MOS: its split.csv's train rows (every image without one)."""
+    import csv
+
+    from .datasets import load_dataset
+
+    cfg = checkpoint["config"]
+    records = load_dataset(cfg["data"]["dataset"], cfg["data"]["root"],
+                           **(cfg["data"]["options"] or {}))
+    split_file = Path(run_dir) / "split.csv"
+    if split_file.is_file():
+        with open(split_file, newline="") as handle:
+            train = {row["path"] for row in csv.DictReader(handle)
+                     if row["split"] == cfg["data"]["split"]["train"]}
+        records = [r for r in records if r.path.name in train]
+    return np.asarray([r.mos for r in records], dtype=np.float64)

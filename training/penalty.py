@@ -27,9 +27,8 @@ after training" and "The gated penalty on fold 0").
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +55,8 @@ DEFAULT_GATE = (1.5, 3.0)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .calibrate import add_photo_arguments
+
     parser.add_argument("checkpoint", type=Path,
                         help="single-view checkpoint written by `iqa train` (.pt)")
     parser.add_argument("-o", "--output", type=Path, required=True,
@@ -65,11 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the detail view's mosaic is GRID x GRID patches (default 7)")
     parser.add_argument("--patch", type=int, default=32,
                         help="native-resolution patch side in px (default 32)")
-    parser.add_argument("--photos", type=Path,
-                        help="folder of clean training photos (default: the run's "
-                        "synthetic.root); never photos kept for evaluation")
-    parser.add_argument("--subsets", nargs="*",
-                        help="sub-folders of --photos (default: the run's synthetic.subsets)")
+    add_photo_arguments(parser)
     parser.add_argument("--reads", choices=("both", "detail"), default="both",
                         help="what the penalty reads: both views' pooled features (default: "
                         "it can learn what the mosaic shows beyond the global view) or the "
@@ -89,6 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="which versions teach the penalty: detail (default: only blur, "
                         "noise and JPEG keep their gap, the rest teach 0), all, or hidden "
                         "(clean photos and the damage only the detail view shows)")
+    parser.add_argument("--json", type=Path,
+                        help="also write the fit's report (the per-distortion table, the "
+                        "ridge penalty, the gate) to this JSON file")
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -119,21 +119,11 @@ def penalty_model(checkpoint: dict, grid: int = 7, patch: int = 32, global_view:
     return model.eval()
 
 
-@dataclass
-class Fronts:
-    """Each sample's frozen-front outputs: the global view, the detail view, then the
-    input's exposure statistics when the model uses them (forward_trainable's order)."""
-
-    tensors: list[tuple]
-
-    def __len__(self) -> int:
-        return len(self.tensors)
-
-
-def frozen_fronts(model, inputs, *, progress: bool = True, desc: str = "frozen front"
-                  ) -> Fronts:
-    """Run the frozen front on each (image, detail source or None) through inference's own
-    preprocessing. The front is frozen, so runs that share a backbone share these."""
+def frozen_fronts(model, inputs, *, progress: bool = True, desc: str = "frozen front"):
+    """Yield the frozen front's outputs for each (image, detail source or None), through
+    inference's own preprocessing: (global view, detail view[, exposure statistics]), in
+    forward_trainable's order. Lazy, so a single fit keeps no image; the front is frozen,
+    so runs that share a backbone can share a list of these (scripts/penalty_cv.py)."""
     import torch
     from PIL import Image
     from tqdm import tqdm
@@ -141,7 +131,6 @@ def frozen_fronts(model, inputs, *, progress: bool = True, desc: str = "frozen f
     from iqa.inference.contract import DETAIL_INPUT, INPUT_NAME
     from iqa.inference.preprocess import to_model_inputs
 
-    out = []
     with torch.inference_mode():
         for image, detail_source in tqdm(inputs, desc=desc, unit="img", disable=not progress,
                                          mininterval=2):
@@ -152,11 +141,10 @@ def frozen_fronts(model, inputs, *, progress: bool = True, desc: str = "frozen f
             parts = [model.forward_frozen(x), model.forward_frozen(detail)]
             if model.exposure is not None:
                 parts.append(model.exposure.stats(x))
-            out.append(tuple(parts))
-    return Fronts(out)
+            yield tuple(parts)
 
 
-def mos_and_views(model, fronts: Fronts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def mos_and_views(model, fronts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(the global view's MOS, the detail view's pooled features, the global view's pooled
     features), for a model whose penalty is not fitted yet (:func:`penalty_model`)."""
     import torch
@@ -165,7 +153,7 @@ def mos_and_views(model, fronts: Fronts) -> tuple[np.ndarray, np.ndarray, np.nda
     # A gated penalty needs a scale; a closed gate (0) leaves the MOS before any penalty.
     closed = torch.zeros(1) if model.penalty.gate_range is not None else None
     with torch.inference_mode():
-        for parts in fronts.tensors:
+        for parts in fronts:
             score, _ = model.forward_trainable(*parts, scale=closed)
             mos.append(float(score[0]))
             detail.append(model.detail_features(parts[1])[0].numpy())
@@ -241,22 +229,6 @@ def fit_penalty(feats: np.ndarray, targets: np.ndarray, groups: np.ndarray,
                       cv_mse)
 
 
-def training_mos(checkpoint: dict, run_dir: Path) -> np.ndarray:
-    """The run's training MOS: its split.csv's train rows (every image without one)."""
-    from .datasets import load_dataset
-
-    cfg = checkpoint["config"]
-    records = load_dataset(cfg["data"]["dataset"], cfg["data"]["root"],
-                           **(cfg["data"]["options"] or {}))
-    split_file = run_dir / "split.csv"
-    if split_file.is_file():
-        with open(split_file, newline="") as handle:
-            train = {row["path"] for row in csv.DictReader(handle)
-                     if row["split"] == cfg["data"]["split"]["train"]}
-        records = [r for r in records if r.path.name in train]
-    return np.asarray([r.mos for r in records], dtype=np.float64)
-
-
 def version_table(names: list[str], residual: np.ndarray, penalty: np.ndarray) -> dict:
     """Per distortion: versions, mean residual before the penalty, mean penalty, after."""
     rows = {}
@@ -270,28 +242,30 @@ def version_table(names: list[str], residual: np.ndarray, penalty: np.ndarray) -
     return rows
 
 
-def synthetic_versions(checkpoint: dict, photos_root: Path | None, subsets, per_distortion: int,
-                       seed: int):
-    """(inputs, level targets, distortion names, source photo per version) for the run's
-    clean synthetic photos, every version kept (the model has a detail view)."""
-    from .calibrate import calibration_samples
-    from .data import list_photos
+@dataclass
+class Versions:
+    """What :func:`synthetic_versions` has yielded so far, one entry per version: its
+    page-scale level, its distortion (``|hidden`` when only the detail view shows it) and
+    the index of its source photo."""
 
-    syn = (checkpoint.get("config") or {}).get("synthetic") or {}
-    root = photos_root or (Path(syn["root"]) if syn.get("root") else None)
-    if root is None:
-        raise ValueError("the checkpoint's config names no synthetic.root: pass --photos")
-    subsets = subsets if subsets is not None else syn.get("subsets")
-    photos = list_photos(root, None, 0, subsets or None)
-    inputs, targets, names, groups = [], [], [], []
+    levels: list[float] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    groups: list[int] = field(default_factory=list)
+
+
+def synthetic_versions(photos: list[Path], per_distortion: int, seed: int, record: Versions):
+    """Yield (image, detail source or None) of every clean photo and level version, every
+    version kept (the model has a detail view), filling ``record`` as it goes. Streamed: a
+    version is distorted at its photo's own resolution, used and dropped."""
+    from .calibrate import calibration_samples
+
     for index, path in enumerate(photos):
         for image, detail_source, target, name in calibration_samples([path], per_distortion,
                                                                       seed, detail=True):
-            inputs.append((image, detail_source))
-            targets.append(target)
-            names.append(name + ("|hidden" if detail_source is not None else ""))
-            groups.append(index)
-    return inputs, np.asarray(targets), names, np.asarray(groups), root, len(photos)
+            record.levels.append(target)
+            record.names.append(name + ("|hidden" if detail_source is not None else ""))
+            record.groups.append(index)
+            yield image, detail_source
 
 
 def training_data(checkpoint: dict, report: dict) -> str:
@@ -304,12 +278,15 @@ def training_data(checkpoint: dict, report: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    import json
+
     import torch
 
+    from .calibrate import training_photos, weights_checkpoint
     from .checkpoint import load_checkpoint
     from .config import ConfigError
     from .export import ExportError
-    from .levels import level_to_mos_prior
+    from .levels import level_to_mos_prior, training_mos
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -318,19 +295,21 @@ def run(args: argparse.Namespace) -> int:
         model = penalty_model(checkpoint, args.grid, args.patch, args.reads == "both",
                               None if args.no_gate else tuple(args.gate))
         prior = level_to_mos_prior(training_mos(checkpoint, args.checkpoint.parent))
-        inputs, levels, names, groups, root, n_photos = synthetic_versions(
-            checkpoint, args.photos, args.subsets, args.per_distortion, args.seed)
+        root, photos = training_photos(checkpoint, args.photos, args.subsets)
     except (FileNotFoundError, KeyError, ValueError, ConfigError, ExportError) as exc:
         print(f"iqa penalty: {exc}", file=sys.stderr)
         return 2
 
-    print(f"fitting the detail penalty on {n_photos} clean training photos under {root} and "
-          f"{len(levels) - n_photos} distorted versions; level prior: MOS = {prior[0]:.3f} + "
-          f"{prior[1]:.3f} x level", flush=True)
-    fronts = frozen_fronts(model, inputs, progress=not args.no_progress,
-                           desc="distorting and running the front")
-    del inputs
+    print(f"fitting the detail penalty on {len(photos)} clean training photos under {root} "
+          f"and their level versions; level prior: MOS = {prior[0]:.3f} + {prior[1]:.3f} x "
+          "level", flush=True)
+    versions = Versions()
+    fronts = frozen_fronts(model, synthetic_versions(photos, args.per_distortion, args.seed,
+                                                     versions),
+                           progress=not args.no_progress, desc="distorting and running the front")
     mos, detail, whole = mos_and_views(model, fronts)
+    levels, names, groups = (np.asarray(versions.levels), versions.names,
+                             np.asarray(versions.groups))
     feats = penalty_inputs(model, detail, whole)
     use, targets = select_versions(names, penalty_targets(mos, levels, prior), args.fit_on)
     fit = fit_penalty(feats[use], targets[use], groups[use])
@@ -338,21 +317,21 @@ def run(args: argparse.Namespace) -> int:
     penalty = fit.predict(feats)
     report = {"method": "ridge on pooled view features, fitted on training photos' level "
                         "versions (iqa.training.penalty)",
-              "photos": n_photos, "versions": int(len(levels)), "prior": list(prior),
+              "photos": len(photos), "versions": int(len(levels)), "prior": list(prior),
               "fit_on": args.fit_on, "versions_fitted": int(use.sum()),
               "reads": "detail and global views" if args.reads == "both" else "detail view",
               "gate": None if args.no_gate else list(args.gate),
               "alpha": fit.alpha, "group_cv_mse": fit.cv_mse,
               "by_distortion": version_table(names, mos - (prior[0] + prior[1] * levels),
                                              penalty)}
-    trainer_state = ("optimizer", "scheduler", "scaler", "rng", "history")
-    out = {k: v for k, v in checkpoint.items() if k not in trainer_state}
-    out["model"] = model.state_dict()
-    out["model_kwargs"] = dict(model.model_kwargs)
-    out["metadata"] = {**(checkpoint.get("metadata") or {}), "detail_penalty": report,
-                       "training_data": training_data(checkpoint, report)}
+    out = weights_checkpoint(checkpoint, model, {"detail_penalty": report,
+                                                 "training_data": training_data(checkpoint,
+                                                                                report)})
     args.output.parent.mkdir(parents=True, exist_ok=True)
     torch.save(out, args.output)
+    if args.json:
+        args.json.write_text(json.dumps({"checkpoint": str(args.checkpoint), **report},
+                                        indent=1))
     print(f"ridge alpha {fit.alpha:g} (grouped {GROUP_FOLDS}-fold CV over source photos)")
     print("| versions | n | MOS above target | penalty | after |\n|---|---:|---:|---:|---:|")
     for name, row in report["by_distortion"].items():
