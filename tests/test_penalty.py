@@ -271,3 +271,41 @@ def test_calibration_treats_detail_only_versions_as_large_photos(penalised):
     with torch.no_grad():
         want = model(*(torch.from_numpy(a)[None] for a in arrays.values()))[0]
     assert got == pytest.approx(float(want[0]), abs=1e-6)
+
+
+def test_the_exposure_penalty_cv_script_fits_on_training_folds_only(trained, tmp_path):
+    """scripts/exposure_penalty_cv.py on a one-fold layout of the tiny run: it scores the
+    run's held-out photos with and without a penalty fitted on its training data."""
+    import importlib.util
+    import shutil
+    import sys
+    from pathlib import Path
+
+    scripts = Path(__file__).resolve().parent.parent / "scripts"
+    sys.path.insert(0, str(scripts))
+    try:
+        spec = importlib.util.spec_from_file_location("exposure_penalty_cv",
+                                                      scripts / "exposure_penalty_cv.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(scripts))
+    run = tmp_path / "runs" / "fold0" / "run"
+    shutil.copytree(trained.parent, run)
+    shutil.copy(trained, run / "last.pt")
+    out = tmp_path / "report.json"
+    assert module.main(["--runs", str(tmp_path / "runs"), "--max-photos", "2",
+                        "--fit-on", "exposure", "--reads", "stats", "--anchors", "none",
+                        "rated", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    held_out = sum(1 for line in (run / "split.csv").read_text().splitlines()
+                   if line.endswith(",val"))
+    assert set(report["variants"]) == {"exposure/stats/none", "exposure/stats/rated"}
+    for variant in report["variants"].values():
+        fold = variant["folds"]["0"]
+        assert fold["held_out"] == held_out > 0
+        assert fold["held_out_penalty"]["mean"] >= 0.0
+        # Only the exposure families' gap is taught: the others' penalty is fitted to 0.
+        versions = fold["training_versions"]
+        assert {"clean", "underexposure", "overexposure"} <= set(versions)
+        assert variant["srcc"]["without"]["mean"] == fold["without"]["srcc"]
