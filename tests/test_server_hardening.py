@@ -640,6 +640,42 @@ def test_slow_headers_are_cut_off_and_others_still_served(model, jpeg):
         assert answer.startswith(b"HTTP/1.1 408") and b'"code":17' in answer
 
 
+def test_a_kept_alive_connection_gets_a_new_head_deadline(model):
+    """After an answer, the next head on the same connection has its own deadline."""
+    with slow_app_server(model, keep_alive_timeout=30) as base:
+        port = int(base.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+            first = b""
+            while not first.endswith(b"}"):
+                first += sock.recv(65536)
+            sent, answer = trickle_on(sock, b"GET /health HTTP/1.1\r\nHost: t\r\n" * 20, 0.05)
+    assert first.startswith(b"HTTP/1.1 200")
+    assert 0 < sent < 20 * 35
+    assert answer.startswith(b"HTTP/1.1 408") and b'"code":17' in answer
+
+
+def test_pipelined_requests_are_answered_in_order(model):
+    """Two requests in one packet (httptools queues the second): both answered, in order,
+    on the one connection."""
+    with slow_app_server(model) as base:
+        port = int(base.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n"
+                         b"GET /nowhere HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert answer.count(b"HTTP/1.1 ") == 2 and b"HTTP/1.1 404" in answer
+
+
+def test_an_unknown_http_method_is_a_json_400(model):
+    with slow_app_server(model) as base:
+        answer = raw_request(base, b"INVENTED /health HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400") and b'"code":18' in answer
+
+
 def test_slow_body_gets_408(model, jpeg):
     body = (b'--b\r\nContent-Disposition: form-data; name="media"; filename="a.jpg"\r\n\r\n'
             + jpeg[:400] + b"\r\n--b--\r\n")

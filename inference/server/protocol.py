@@ -1,12 +1,17 @@
-"""uvicorn's h11 protocol with the slow-client limit uvicorn lacks, answering in our JSON.
+"""uvicorn's httptools protocol with the slow-client limits uvicorn lacks, answering in our
+JSON.
 
-uvicorn bounds idle keep-alive connections (``timeout_keep_alive``), header size
-(``h11_max_incomplete_event_size``) and concurrency (``limit_concurrency``), but it has
-no deadline for the request head: its keep-alive timer restarts on every byte, so a
-client that trickles a header line every few seconds holds a connection for ever
-(slowloris). This subclass adds that deadline, and makes the answers uvicorn writes
-itself (a garbage request line, oversized headers, the concurrency limit) the API's
-failure JSON instead of plain text. Everything else is uvicorn's own code.
+httptools (uvicorn's C parser) rather than h11 (pure Python): under overload every 503
+costs the event loop a request head to parse, and with httptools a new client's refusal
+took a median of 4-7 ms instead of 26-47 ms (BENCHMARKS.md, "The 503 tail").
+
+uvicorn bounds idle keep-alive connections (``timeout_keep_alive``) and concurrency
+(``limit_concurrency``), but with httptools it bounds neither the size of a request head
+nor the time it may take: its keep-alive timer stops at the first byte, so a client that
+trickles a header line every few seconds holds a connection for ever (slowloris). This
+subclass adds both limits, and makes the answers uvicorn writes itself (a garbage request
+line, an oversized head, the concurrency limit) the API's failure JSON instead of plain
+text. Everything else is uvicorn's own code.
 
 The body's deadline is the app's (``--body-timeout``, see forms.py), where a 408 can
 still be answered as JSON.
@@ -26,11 +31,11 @@ import asyncio
 import json
 import time
 
-import h11
 from uvicorn.config import Config
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .errors import BadHTTPRequestError, BodyTimeoutError, ServerBusyError, spec_for
+from .settings import ServerSettings
 
 
 def failure_response(exc: Exception, headers: tuple[tuple[bytes, bytes], ...] = ()) -> tuple:
@@ -49,8 +54,8 @@ def failure_response(exc: Exception, headers: tuple[tuple[bytes, bytes], ...] = 
 
 
 def _raw_response(status: int, headers: list, body: bytes) -> bytes:
-    """An HTTP/1.1 response as bytes, for moments when h11's state machine cannot send one
-    (before any request has been read)."""
+    """An HTTP/1.1 response as bytes, written straight to the transport (httptools only
+    parses requests)."""
     lines = [b"HTTP/1.1 %d %s" % (status, _REASONS.get(status, b"Error"))]
     lines += [name + b": " + value for name, value in headers]
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
@@ -66,7 +71,7 @@ LINGER_BYTES = 32 << 20
 class _LingeringTransport:
     """The transport as uvicorn sees it: ``close()`` lingers when a body is unfinished."""
 
-    def __init__(self, transport, protocol: IQAH11Protocol):
+    def __init__(self, transport, protocol: IQAHttpToolsProtocol):
         self._transport = transport
         self._protocol = protocol
 
@@ -83,7 +88,7 @@ class _LingeringTransport:
 class _ConcurrencyLimit:
     """uvicorn's ``limit_concurrency`` check, answered with error 50 as JSON."""
 
-    def __init__(self, app, protocol: IQAH11Protocol, limit: int, retry_after: int):
+    def __init__(self, app, protocol: IQAHttpToolsProtocol, limit: int, retry_after: int):
         self.app = app
         self.protocol = protocol
         self.limit = limit
@@ -104,11 +109,12 @@ class _ConcurrencyLimit:
         await self.app(scope, receive, send)
 
 
-class IQAH11Protocol(H11Protocol):
+class IQAHttpToolsProtocol(HttpToolsProtocol):
     """Use :func:`protocol_class` to get one with other settings."""
 
-    header_timeout: float = 10.0
-    retry_after: int = 1
+    header_timeout: float = ServerSettings.header_timeout
+    max_header_bytes: int = ServerSettings.max_header_bytes
+    retry_after: int = ServerSettings.retry_after
 
     def __init__(self, config: Config, server_state, app_state, _loop=None) -> None:
         super().__init__(config, server_state, app_state, _loop)
@@ -117,8 +123,9 @@ class IQAH11Protocol(H11Protocol):
                                          self.retry_after)
             self.limit_concurrency = None  # checked by the wrapper instead
         self._head_timer: asyncio.TimerHandle | None = None
-        self._head_scope = None
-        self._head_bytes = 0
+        # Bytes of the request head being received; None once it is complete, while its
+        # body comes in (and until the next request begins).
+        self._head_bytes: int | None = 0
         self._lingering = False
         self._linger_timer: asyncio.TimerHandle | None = None
         self._lingered_bytes = 0
@@ -126,8 +133,6 @@ class IQAH11Protocol(H11Protocol):
     # -- the request-head deadline
     def _arm_head_timer(self) -> None:
         self._cancel_head_timer()
-        self._head_scope = self.scope
-        self._head_bytes = 0
         self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
 
     def _cancel_head_timer(self) -> None:
@@ -139,7 +144,7 @@ class IQAH11Protocol(H11Protocol):
         self._head_timer = None
         if self.transport.is_closing():
             return
-        if self._head_bytes and self.conn.their_state is h11.IDLE:
+        if self._head_bytes:
             # Part of a request head came in: say why the connection ends.
             error = BodyTimeoutError(
                 f"the request line and headers did not arrive within {self.header_timeout:g} s")
@@ -157,7 +162,7 @@ class IQAH11Protocol(H11Protocol):
         if self._lingering or transport.is_closing():
             transport.close()
             return
-        if self.conn.their_state is not h11.SEND_BODY or not transport.can_write_eof():
+        if not self._receiving_body() or not transport.can_write_eof():
             transport.close()
             return
         # The client is still sending a body nobody will read: answer, FIN, then drain.
@@ -167,26 +172,44 @@ class IQAH11Protocol(H11Protocol):
         transport.resume_reading()
         self._linger_timer = self.loop.call_later(LINGER_SECONDS, transport.close)
 
+    def _receiving_body(self) -> bool:
+        return self._head_bytes is None and self.cycle is not None and self.cycle.more_body
+
     def data_received(self, data: bytes) -> None:
         if self._lingering:
             self._lingered_bytes += len(data)
             if self._lingered_bytes > LINGER_BYTES:
                 self.transport._transport.close()
             return
-        if self.conn.their_state is h11.IDLE:  # not the rest of a refused request's body
+        if self._head_bytes is not None:
             self._head_bytes += len(data)
         super().data_received(data)
-        if self.scope is not self._head_scope:  # a whole request head has been parsed
-            self._cancel_head_timer()
+        # httptools keeps an unfinished head's fields until they end; bound them here.
+        if (self._head_bytes or 0) > self.max_header_bytes and not self.transport.is_closing():
+            self.send_400_response(f"the request head exceeds {self.max_header_bytes} bytes")
+
+    def on_message_begin(self) -> None:
+        if self._head_bytes is None:  # a pipelined head began in the same packet
+            self._head_bytes = 0
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self._cancel_head_timer()
+        self._head_bytes = None
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._head_bytes = 0
 
     def on_response_complete(self) -> None:
         # The next request on this keep-alive connection gets a fresh deadline; idle
         # connections are still closed earlier by uvicorn's timeout_keep_alive.
-        if not self.transport.is_closing():
-            self._arm_head_timer()
         super().on_response_complete()
-        if self.scope is not self._head_scope:  # a pipelined request was already parsed
-            self._cancel_head_timer()
+        # Not while a pipelined request, already parsed, is being answered: its own
+        # response completes later and arms the timer then.
+        if not self.transport.is_closing() and self.cycle.response_complete:
+            self._arm_head_timer()
 
     def connection_lost(self, exc) -> None:
         self._cancel_head_timer()
@@ -201,28 +224,24 @@ class IQAH11Protocol(H11Protocol):
         status, headers, body = failure_response(BadHTTPRequestError(
             f"{msg.rstrip('.')}: the request line or headers are malformed or larger than "
             "the limit"))
-        try:
-            output = self.conn.send(h11.Response(status_code=status, headers=headers,
-                                                 reason=b"Bad Request"))
-            output += self.conn.send(h11.Data(data=body))
-            output += self.conn.send(h11.EndOfMessage())
-        except h11.LocalProtocolError:  # h11 is in an error state: write it by hand
-            output = _raw_response(status, headers, body)
-        self.transport.write(output)
+        self.transport.write(_raw_response(status, headers, body))
         self.transport.close()
 
 
-def protocol_class(header_timeout: float, retry_after: int = 1) -> type[IQAH11Protocol]:
+def protocol_class(header_timeout: float, retry_after: int = ServerSettings.retry_after,
+                   max_header_bytes: int = ServerSettings.max_header_bytes
+                   ) -> type[IQAHttpToolsProtocol]:
     """The protocol class to pass as uvicorn's ``http=``, with these settings."""
-    return type("IQAH11Protocol", (IQAH11Protocol,),
-                {"header_timeout": header_timeout, "retry_after": retry_after})
+    return type("IQAHttpToolsProtocol", (IQAHttpToolsProtocol,),
+                {"header_timeout": header_timeout, "retry_after": retry_after,
+                 "max_header_bytes": max_header_bytes})
 
 
 def uvicorn_options(settings) -> dict:
     """uvicorn.Config keyword arguments for a ServerSettings' slow-client limits."""
     return {
-        "http": protocol_class(settings.header_timeout, settings.retry_after),
+        "http": protocol_class(settings.header_timeout, settings.retry_after,
+                               settings.max_header_bytes),
         "timeout_keep_alive": settings.keep_alive_timeout,
         "limit_concurrency": settings.max_connections,
-        "h11_max_incomplete_event_size": settings.max_header_bytes,
     }
