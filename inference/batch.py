@@ -48,6 +48,12 @@ TAIL_COLUMNS = ("status", "error_type", "error", "model_version")
 # more blocks than this buys no extra parallelism on any cluster we know of.
 MAX_INPUT_BLOCKS = 20_000
 DECODE_TASK_MEMORY = 512 * 1024 * 1024
+# Half a CPU reserved per actor, so one actor per CPU by default (one per two reserved
+# CPUs, the other CPU of each pair left to the decode tasks), each with one onnxruntime
+# thread: on 2 cores, two one-thread actors scored 1,000 JPEGs 12 % faster than one
+# two-thread actor, whose threads wait for each other whenever a decode task takes a core
+# (BENCHMARKS.md, "Batch scoring").
+DEFAULT_CPUS_PER_ACTOR = 0.5
 
 
 class BatchInputError(IQAError):
@@ -524,8 +530,9 @@ def _default_actors(gpus_per_actor: float, cpus_per_actor: float) -> tuple[int, 
     if gpus_per_actor > 0:
         n = int(resources.get("GPU", 0) // gpus_per_actor)
     else:
-        # Half the CPUs score and half decode: on 1024x768 JPEGs decoding costs about a
-        # third of scoring, and the scheduler fills whatever the actors leave idle.
+        # Half the CPUs reserved for scoring and half for decoding (one one-thread actor
+        # per CPU by default): decoding a 1024x768 JPEG costs about a tenth of scoring it,
+        # and the actors' threads use whatever CPU time the decode tasks leave idle.
         n = int(resources.get("CPU", 1) // (2 * cpus_per_actor))
     n = max(1, n)
     return n, n
@@ -555,7 +562,7 @@ def score_batch(
     num_cpus: int | None = None,
     actors: str | int | tuple[int, int] | None = None,
     batch_size: int = 8,
-    cpus_per_actor: float = 1.0,
+    cpus_per_actor: float = DEFAULT_CPUS_PER_ACTOR,
     gpus_per_actor: float = 0.0,
     threads: int | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -662,9 +669,9 @@ def _run(todo, writer, summary, *, spec, preparer, options, pool, batch_size, cp
         ("CUDAExecutionProvider", "CPUExecutionProvider") if gpus_per_actor > 0
         else ("CPUExecutionProvider",)
     )
-    # Two onnxruntime threads per reserved CPU: the decode tasks leave part of their CPUs
-    # idle (decoding costs a fraction of scoring), and idle onnxruntime threads do not
-    # spin (QualityModel turns spinning off), so the extra threads only use slack.
+    # Two onnxruntime threads per reserved CPU (one for the default half CPU): the decode
+    # tasks leave part of their CPUs idle (decoding costs a fraction of scoring), and idle
+    # onnxruntime threads do not spin (QualityModel turns spinning off).
     threads = threads or max(1, round(2 * cpus_per_actor))
     # One input block per decode task; a batch's worth of images each keeps the blocks
     # that flow to the actors small, MAX_INPUT_BLOCKS keeps huge jobs cheap to set up.

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .batch import DEFAULT_CPUS_PER_ACTOR
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -56,7 +58,7 @@ examples:
     cluster.add_argument(
         "--actors", metavar="N|MIN-MAX",
         help="scoring actors: a fixed count, or an autoscaling range (default: one per GPU "
-        "with --gpus-per-actor, else one per two CPUs of the cluster)",
+        "with --gpus-per-actor, else one per two CPUs that --cpus-per-actor reserves)",
     )
     cluster.add_argument(
         "--batch-size", type=int, default=8, metavar="N",
@@ -64,8 +66,9 @@ examples:
         "and last results; on GPUs use 64 or more)",
     )
     cluster.add_argument(
-        "--cpus-per-actor", type=float, default=1.0, metavar="X",
-        help="CPUs Ray reserves for each actor (default 1)",
+        "--cpus-per-actor", type=float, default=DEFAULT_CPUS_PER_ACTOR, metavar="X",
+        help=f"CPUs Ray reserves for each actor (default {DEFAULT_CPUS_PER_ACTOR:g}: with the "
+        "default --actors and --threads, one one-thread actor per CPU)",
     )
     cluster.add_argument(
         "--gpus-per-actor", type=float, default=0.0, metavar="X",

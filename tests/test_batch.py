@@ -373,3 +373,34 @@ def test_s3_folder_and_manifest_with_resume(ray_local, s3_server, tmp_path, phot
         row = rows[f"s3://shots/2024/{path.name}"]
         assert row["status"] == "ok"
         assert abs(row["score"] - model.score(str(path)).score) <= 1e-6
+
+
+@pytest.mark.parametrize("resources, gpus, expected", [
+    ({"CPU": 2.0}, 0.0, (2, 2)),  # one one-thread actor per CPU
+    ({"CPU": 16.0}, 0.0, (16, 16)),
+    ({"CPU": 16.0, "GPU": 4.0}, 0.5, (8, 8)),  # two actors share each GPU
+])
+def test_default_pool_is_one_actor_per_cpu_or_per_gpu_share(monkeypatch, resources, gpus,
+                                                             expected):
+    monkeypatch.setattr(ray, "cluster_resources", lambda: resources)
+    cpus = batch_module.DEFAULT_CPUS_PER_ACTOR
+    assert batch_module._default_actors(gpus, cpus) == expected
+    batch_module._check_pool(expected, cpus)  # leaves CPUs for the decode tasks
+
+
+def test_a_pool_that_holds_every_cpu_is_refused(monkeypatch):
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    with pytest.raises(ValueError, match="no CPU"):
+        batch_module._check_pool((3, 3), batch_module.DEFAULT_CPUS_PER_ACTOR)
+
+
+def test_the_cli_defaults_are_the_library_defaults():
+    import argparse
+
+    from iqa.inference.cli_batch import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["in", "out"])
+    assert args.cpus_per_actor == batch_module.DEFAULT_CPUS_PER_ACTOR
+    assert args.threads is None  # the library derives one thread per half CPU

@@ -223,6 +223,17 @@ def test_normalise_by_hand():
     np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
 
 
+def test_normalise_equals_convert_then_normalise_bit_for_bit():
+    """The fast path (transpose as uint8, convert inside the subtraction) gives exactly
+    the float32 values of the plain formula, so no score moves with it."""
+    rgb = np.random.default_rng(1).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    prep = Preprocessing(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    mean = np.asarray(prep.mean, dtype=np.float32) * 255.0
+    inv_std = 1.0 / (np.asarray(prep.std, dtype=np.float32) * 255.0)
+    plain = ((rgb.astype(np.float32) - mean) * inv_std).transpose(2, 0, 1)
+    assert np.array_equal(normalise(rgb, prep), plain)
+
+
 @pytest.mark.parametrize("bad", [
     np.zeros((4, 4), np.uint8),
     np.zeros((4, 4, 4), np.uint8),
