@@ -20,14 +20,13 @@ every fold (MODEL_CARD.md, "An exposure penalty fitted after training").
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from penalty_cv import fold_runs, held_out, metrics, paired  # noqa: E402
+from penalty_cv import fold_runs, held_out, metrics, paired, write_report  # noqa: E402
 
 # Which versions keep their gap above target; every other version teaches 0.
 FIT_SETS = {
@@ -198,9 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"{len(r['differences'])}")
             print(line)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1))
-        print(f"wrote {args.out}")
+        write_report(args.out, report)
     return 0
 
 

@@ -83,6 +83,12 @@ def paired(per_fold: dict, metric: str) -> dict:
     return out
 
 
+def write_report(path: Path, report: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1))
+    print(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=Path, default=Path("runs/levels-cv"),
@@ -190,9 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"{len(r['differences'])}")
             print(line)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1))
-        print(f"wrote {args.out}")
+        write_report(args.out, report)
     return 0
 
 

@@ -309,3 +309,29 @@ def test_the_exposure_penalty_cv_script_fits_on_training_folds_only(trained, tmp
         versions = fold["training_versions"]
         assert {"clean", "underexposure", "overexposure"} <= set(versions)
         assert variant["srcc"]["without"]["mean"] == fold["without"]["srcc"]
+
+
+def test_the_seed_ensemble_script_scores_each_run_and_their_mean(trained, tmp_path):
+    """scripts/seed_ensemble_cv.py on two checkpoints of the tiny run (same split)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    scripts = Path(__file__).resolve().parent.parent / "scripts"
+    sys.path.insert(0, str(scripts))
+    try:
+        spec = importlib.util.spec_from_file_location("seed_ensemble_cv",
+                                                      scripts / "seed_ensemble_cv.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(scripts))
+    out = tmp_path / "ensemble.json"
+    runs = [trained, trained.parent / "last.pt"]
+    assert module.main([*map(str, runs), "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert len(report["runs"]) == 2 and report["held_out"] > 0
+    assert set(report["ensemble"]) == {"srcc", "plcc"}
+    gain = report["ensemble_srcc_gain_over_mean_member"]
+    if gain["resamples"]:  # the tiny run may rank its few held-out photos as ties
+        assert gain["ci95"][0] <= gain["mean"] <= gain["ci95"][1]
