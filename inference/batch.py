@@ -50,7 +50,7 @@ MAX_INPUT_BLOCKS = 20_000
 DECODE_TASK_MEMORY = 512 * 1024 * 1024
 # Half a CPU reserved per actor, so one actor per CPU by default (one per two reserved
 # CPUs, the other CPU of each pair left to the decode tasks), each with one onnxruntime
-# thread: on 2 cores, two one-thread actors scored 1,000 JPEGs 12 % faster than one
+# thread: on 2 cores, two one-thread actors scored 1,000 JPEGs in 12 % less time than one
 # two-thread actor, whose threads wait for each other whenever a decode task takes a core
 # (BENCHMARKS.md, "Batch scoring").
 DEFAULT_CPUS_PER_ACTOR = 0.5
