@@ -26,7 +26,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from penalty_cv import fold_runs, held_out, metrics, paired, write_report  # noqa: E402
+from penalty_cv import (  # noqa: E402
+    fold_runs,
+    held_out,
+    metrics,
+    summarise_variants,
+    write_report,
+)
 
 # Which versions keep their gap above target; every other version teaches 0.
 FIT_SETS = {
@@ -186,16 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{table['underexposure']['mean_residual_after']:+.3f} / "
                       f"{table['overexposure']['mean_residual']:+.3f} -> "
                       f"{table['overexposure']['mean_residual_after']:+.3f}", flush=True)
-    for name, variant in report["variants"].items():
-        for metric in ("srcc", "plcc"):
-            r = variant[metric] = paired(variant["folds"], metric)
-            line = (f"{name}, {metric.upper()}: {r['without']['mean']:.4f} -> "
-                    f"{r['with_penalty']['mean']:.4f}")
-            if "ci95" in r:
-                line += (f"; paired {r['mean']:+.4f} [{r['ci95'][0]:+.4f}, "
-                         f"{r['ci95'][1]:+.4f}], better on {r['better_on']} of "
-                         f"{len(r['differences'])}")
-            print(line)
+    summarise_variants(report)
     if args.out:
         write_report(args.out, report)
     return 0

@@ -83,6 +83,21 @@ def paired(per_fold: dict, metric: str) -> dict:
     return out
 
 
+def summarise_variants(report: dict) -> None:
+    """Add each variant's paired SRCC and PLCC over folds to ``report`` and print them."""
+    for name, variant in report["variants"].items():
+        for metric in ("srcc", "plcc"):
+            r = variant[metric] = paired(variant["folds"], metric)
+            line = (f"{name}, {metric.upper()}: {r['without']['mean']:.4f} ± "
+                    f"{r['without']['std']:.4f} -> {r['with_penalty']['mean']:.4f} ± "
+                    f"{r['with_penalty']['std']:.4f}")
+            if "ci95" in r:
+                line += (f"; paired {r['mean']:+.4f} [{r['ci95'][0]:+.4f}, "
+                         f"{r['ci95'][1]:+.4f}], better on {r['better_on']} of "
+                         f"{len(r['differences'])}")
+            print(line)
+
+
 def write_report(path: Path, report: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1))
@@ -184,17 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{row['with_penalty']['plcc']:.4f}; held-out penalty mean "
                   f"{row['held_out_penalty']['mean']:.3f}, > 0.01 on "
                   f"{row['held_out_penalty']['share_above_0.01']:.0%}", flush=True)
-    for name, variant in report["variants"].items():
-        for metric in ("srcc", "plcc"):
-            r = variant[metric] = paired(variant["folds"], metric)
-            line = (f"{name}, {metric.upper()}: {r['without']['mean']:.4f} ± "
-                    f"{r['without']['std']:.4f} -> {r['with_penalty']['mean']:.4f} ± "
-                    f"{r['with_penalty']['std']:.4f}")
-            if "ci95" in r:
-                line += (f"; paired {r['mean']:+.4f} [{r['ci95'][0]:+.4f}, "
-                         f"{r['ci95'][1]:+.4f}], better on {r['better_on']} of "
-                         f"{len(r['differences'])}")
-            print(line)
+    summarise_variants(report)
     if args.out:
         write_report(args.out, report)
     return 0

@@ -273,23 +273,29 @@ def test_calibration_treats_detail_only_versions_as_large_photos(penalised):
     assert got == pytest.approx(float(want[0]), abs=1e-6)
 
 
-def test_the_exposure_penalty_cv_script_fits_on_training_folds_only(trained, tmp_path):
-    """scripts/exposure_penalty_cv.py on a one-fold layout of the tiny run: it scores the
-    run's held-out photos with and without a penalty fitted on its training data."""
+def _script(name: str):
+    """Import scripts/<name>.py, which imports its sibling scripts by bare name."""
     import importlib.util
-    import shutil
     import sys
     from pathlib import Path
 
     scripts = Path(__file__).resolve().parent.parent / "scripts"
     sys.path.insert(0, str(scripts))
     try:
-        spec = importlib.util.spec_from_file_location("exposure_penalty_cv",
-                                                      scripts / "exposure_penalty_cv.py")
+        spec = importlib.util.spec_from_file_location(name, scripts / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     finally:
         sys.path.remove(str(scripts))
+    return module
+
+
+def test_the_exposure_penalty_cv_script_fits_on_training_folds_only(trained, tmp_path):
+    """scripts/exposure_penalty_cv.py on a one-fold layout of the tiny run: it scores the
+    run's held-out photos with and without a penalty fitted on its training data."""
+    import shutil
+
+    module = _script("exposure_penalty_cv")
     run = tmp_path / "runs" / "fold0" / "run"
     shutil.copytree(trained.parent, run)
     shutil.copy(trained, run / "last.pt")
@@ -313,19 +319,7 @@ def test_the_exposure_penalty_cv_script_fits_on_training_folds_only(trained, tmp
 
 def test_the_seed_ensemble_script_scores_each_run_and_their_mean(trained, tmp_path):
     """scripts/seed_ensemble_cv.py on two checkpoints of the tiny run (same split)."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    scripts = Path(__file__).resolve().parent.parent / "scripts"
-    sys.path.insert(0, str(scripts))
-    try:
-        spec = importlib.util.spec_from_file_location("seed_ensemble_cv",
-                                                      scripts / "seed_ensemble_cv.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(scripts))
+    module = _script("seed_ensemble_cv")
     out = tmp_path / "ensemble.json"
     runs = [trained, trained.parent / "last.pt"]
     assert module.main([*map(str, runs), "--out", str(out)]) == 0
