@@ -27,11 +27,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from penalty_cv import (  # noqa: E402
+    finish,
     fold_runs,
     held_out,
     metrics,
-    summarise_variants,
-    write_report,
 )
 
 # Which versions keep their gap above target; every other version teaches 0.
@@ -192,10 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{table['underexposure']['mean_residual_after']:+.3f} / "
                       f"{table['overexposure']['mean_residual']:+.3f} -> "
                       f"{table['overexposure']['mean_residual_after']:+.3f}", flush=True)
-    summarise_variants(report)
-    if args.out:
-        write_report(args.out, report)
-    return 0
+    return finish(report, args.out)
 
 
 if __name__ == "__main__":

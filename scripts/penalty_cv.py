@@ -98,6 +98,14 @@ def summarise_variants(report: dict) -> None:
             print(line)
 
 
+def finish(report: dict, out: Path | None) -> int:
+    """Summarise the variants, write the report if asked; the script's exit status."""
+    summarise_variants(report)
+    if out:
+        write_report(out, report)
+    return 0
+
+
 def write_report(path: Path, report: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1))
@@ -199,10 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{row['with_penalty']['plcc']:.4f}; held-out penalty mean "
                   f"{row['held_out_penalty']['mean']:.3f}, > 0.01 on "
                   f"{row['held_out_penalty']['share_above_0.01']:.0%}", flush=True)
-    summarise_variants(report)
-    if args.out:
-        write_report(args.out, report)
-    return 0
+    return finish(report, args.out)
 
 
 if __name__ == "__main__":
