@@ -404,3 +404,33 @@ def test_the_cli_defaults_are_the_library_defaults():
     args = parser.parse_args(["in", "out"])
     assert args.cpus_per_actor == batch_module.DEFAULT_CPUS_PER_ACTOR
     assert args.threads is None  # the library derives one thread per half CPU
+
+
+def test_the_startup_timeline_finds_the_jobs_actors_and_tasks(ray_local, tmp_path, photo,
+                                                               tiny_model_path):
+    # scripts/batch_startup_timeline.py reads Ray's own trace; this checks its reading
+    # on a real job's trace, not on a hand-made one.
+    import importlib.util
+    import time
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "batch_startup_timeline.py"
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec = importlib.util.spec_from_file_location("batch_startup_timeline", path)
+        timeline = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(timeline)
+    finally:
+        sys.path.remove(str(path.parent))
+
+    _photos(photo, tmp_path / "photos", 3)
+    since = time.time()
+    summary = score_batch(str(tmp_path / "photos"), str(tmp_path / "out"),
+                          model=tiny_model_path, **_quiet())
+    assert summary.images == 3
+    events = timeline.job_events(since, tmp_path)
+    names = [e["what"] for e in events]
+    assert any("prepare_block" in n for n in names), names
+    assert any("ScoreActor" in n and n.endswith("__init__") for n in names), names
+    starts = [e["start_s"] for e in events]
+    assert starts == sorted(starts) and starts[0] >= 0
+    assert len(names) == len(set(names))  # the first run of each, once
