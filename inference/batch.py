@@ -678,7 +678,9 @@ def _run(todo, writer, summary, *, spec, preparer, options, pool, batch_size, cp
     rows_per_block = max(batch_size, -(-len(todo) // MAX_INPUT_BLOCKS))
     paths = pa.table({"path": pa.array(todo, type=pa.string())})
     blocks = [paths.slice(i, rows_per_block) for i in range(0, len(todo), rows_per_block)]
-    low, high = pool
+    # A job of fewer blocks than actors cannot keep them busy: start no more actors
+    # than blocks (Ray Data warns about the idle ones, and each costs a process).
+    low, high = (min(size, len(blocks)) for size in pool)
     # from_blocks takes the blocks' metadata here; from_arrow runs a Ray task per block
     # for it, which cost 1.2-1.4 s before the first decode on a loaded 2-core machine.
     from_blocks = getattr(ray.data, "from_blocks", None) or ray.data.from_arrow

@@ -434,3 +434,17 @@ def test_the_startup_timeline_finds_the_jobs_actors_and_tasks(ray_local, tmp_pat
     starts = [e["start_s"] for e in events]
     assert starts == sorted(starts) and starts[0] >= 0
     assert len(names) == len(set(names))  # the first run of each, once
+
+
+def test_a_job_smaller_than_the_pool_starts_no_idle_actors(ray_local, tmp_path, photo,
+                                                            tiny_model_path):
+    import warnings
+
+    _photos(photo, tmp_path / "photos", 3)  # one block of 3 < batch size 8, pool of 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = score_batch(str(tmp_path / "photos"), str(tmp_path / "out"),
+                              model=tiny_model_path, actors=2, **_quiet())
+    assert summary.images == 3 and summary.failures == 0
+    idle = [w for w in caught if "concurrent actors" in str(w.message)]
+    assert not idle, [str(w.message) for w in idle]
