@@ -103,6 +103,13 @@ class Preprocessing:
         return new_w, new_h
 
 
+DETAIL_KINDS = ("grid_fragments", "textured_fragments")
+# Rec. 709 weights applied to the sRGB values: a brightness proxy, not linear luminance.
+# The exposure statistics inside the graph (iqa.models.exposure) and the textured detail
+# view's patch choice (iqa.inference.preprocess) both use it.
+LUMA_WEIGHTS = (0.2126, 0.7152, 0.0722)
+
+
 @dataclass(frozen=True)
 class DetailView:
     """Native-resolution detail: a ``grid`` x ``grid`` mosaic of ``patch``-px squares.
@@ -113,6 +120,18 @@ class DetailView:
     downscaling; this view keeps the pixel-level blur, noise and compression that the
     downscale hides on a 12-megapixel photo. ``patch`` is a multiple of the backbone's
     stride (32) so that every patch maps onto whole feature cells.
+
+    ``kind`` says where in its cell each patch sits:
+
+    * ``grid_fragments``: at the cell's centre;
+    * ``textured_fragments``: at the most textured of ``candidates`` x ``candidates``
+      positions spread evenly over the cell (:meth:`candidate_origins`). A patch's
+      texture is the sum of absolute differences of integer luma (2126 R + 7152 G +
+      722 B on the 8-bit values: ``LUMA_WEIGHTS`` x 10,000) between horizontal
+      neighbours plus the same between vertical neighbours, computed exactly in
+      integers; ties go to the first candidate, top to bottom then left to right. Where a large photo's frame
+      is smooth (sky, water, a plain wall), a centred patch shows no detail at all; the
+      textured one shows what the photo's sharpest nearby detail looks like at 100 %.
 
     With ``native_scale`` the model also takes ``detail_scale``, an N x 1 float32 input:
     the photo's native width over the width of its global view
@@ -127,19 +146,28 @@ class DetailView:
     std: tuple[float, float, float] = IMAGENET_STD
     kind: str = "grid_fragments"
     native_scale: bool = False
+    candidates: int = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in DETAIL_KINDS:
+            raise ValueError(f"unknown detail view kind {self.kind!r}; known: "
+                             f"{', '.join(DETAIL_KINDS)}")
+        if self.kind == "textured_fragments" and self.candidates < 2:
+            raise ValueError("textured_fragments needs candidates >= 2 per axis")
 
     @property
     def side(self) -> int:
         return self.grid * self.patch
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        fields = asdict(self)
+        if self.kind == "grid_fragments":
+            del fields["candidates"]  # unused; grid models' metadata stays as it was
+        return json.dumps(fields, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | dict) -> DetailView:
         raw = json.loads(text) if isinstance(text, str) else dict(text)
-        if raw.get("kind", "grid_fragments") != "grid_fragments":
-            raise ValueError(f"unknown detail view kind {raw.get('kind')!r}")
         known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
         for key in ("mean", "std"):
             if key in known:
@@ -163,6 +191,27 @@ class DetailView:
             ]
 
         return origins(width), origins(height)
+
+    def candidate_origins(self, length: int) -> list[list[int]]:
+        """For each of the ``grid`` cells along an axis of ``length`` px, the origins of
+        its ``candidates`` patch positions (``textured_fragments``): evenly spaced from
+        the cell's first pixel to the last origin whose patch still ends inside the cell,
+        rounded half to even. A cell narrower than a patch has one candidate, its
+        centred (``grid_fragments``) origin."""
+        if length < self.patch:
+            raise ValueError(f"length {length} is smaller than one {self.patch}px patch")
+        step = length / self.grid
+        centred = self.cell_origins(length, length)[0]
+        out = []
+        for i in range(self.grid):
+            low = int(round(i * step))
+            high = min(int(round((i + 1) * step)), length) - self.patch
+            if high <= low:
+                out.append([centred[i]])
+                continue
+            k = self.candidates
+            out.append([int(round(low + (high - low) * j / (k - 1))) for j in range(k)])
+        return out
 
 
 # Score buckets, from the reference page (DESIGN.md "Score semantics"). Lower bound

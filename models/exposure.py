@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-# Rec. 709 weights applied to the sRGB values: a brightness proxy, not linear luminance.
-LUMA = (0.2126, 0.7152, 0.0722)
+from iqa.inference.contract import LUMA_WEIGHTS as LUMA
+
 HISTOGRAM_BINS = 8
 # Shadows and highlights this close to 0 or 1 count as clipped (8-bit values <= 5, >= 250).
 CLIP_MARGIN = 0.02

@@ -323,6 +323,8 @@ def create_model(
     calibrated: bool = False,
     detail_grid: int | None = None,
     detail_patch: int = 32,
+    detail_kind: str = "grid_fragments",
+    detail_candidates: int = 1,
     exposure_stats: bool = False,
     detail_penalty: bool = False,
     penalty_global: bool = False,
@@ -333,7 +335,9 @@ def create_model(
     ``pool_stages``: blocks whose mean/std the heads see besides the last stage (empty =
     v1's single global average). ``calibrated``: hold a MOS -> page-scale calibration.
     ``detail_grid``: also see a ``detail_grid`` x ``detail_grid`` mosaic of native
-    ``detail_patch``-px patches (None = the global view only, as v1). ``exposure_stats``:
+    ``detail_patch``-px patches (None = the global view only, as v1), placed as
+    ``detail_kind`` says (:class:`~iqa.inference.contract.DetailView`; ``detail_candidates``
+    per axis for ``textured_fragments``). ``exposure_stats``:
     the heads also see statistics of the input pixels (:mod:`.exposure`).
     ``detail_penalty``: the detail view feeds a post-hoc penalty instead of the heads
     (:mod:`.penalty`; needs ``detail_grid``); with ``penalty_global`` the penalty also
@@ -365,10 +369,15 @@ def create_model(
     detail_view = None
     if detail_grid:
         model_kwargs.update(detail_grid=int(detail_grid), detail_patch=int(detail_patch))
+        if detail_kind != "grid_fragments":
+            # Only when set, so grid models' checkpoints keep the kwargs they had.
+            model_kwargs.update(detail_kind=detail_kind,
+                                detail_candidates=int(detail_candidates))
         prep = backbone_preprocessing(net)
         detail_view = DetailView(grid=int(detail_grid), patch=int(detail_patch),
                                  mean=prep.mean, std=prep.std,
-                                 native_scale=penalty_gate is not None)
+                                 native_scale=penalty_gate is not None, kind=detail_kind,
+                                 candidates=int(detail_candidates))
     return QualityNet(
         net,
         model_kwargs=model_kwargs,

@@ -78,6 +78,72 @@ def test_detail_view_metadata_round_trip_and_unknown_kind():
         DetailView.from_json(json.dumps({"kind": "saliency_crops"}))
 
 
+def _reference_textured_mosaic(rgb: np.ndarray, view: DetailView) -> np.ndarray:
+    """The contract's textured_fragments rule, written out loop by loop (ARCHITECTURE.md)."""
+    p = view.patch
+    tops, lefts = view.candidate_origins(rgb.shape[0]), view.candidate_origins(rgb.shape[1])
+    out = np.zeros((view.grid * p, view.grid * p, 3), np.uint8)
+    for r in range(view.grid):
+        for c in range(view.grid):
+            best = None
+            for top in tops[r]:
+                for left in lefts[c]:
+                    patch = rgb[top : top + p, left : left + p]
+                    q = patch.astype(np.int64)
+                    luma = q[..., 0] * 2126 + q[..., 1] * 7152 + q[..., 2] * 722
+                    texture = (np.abs(np.diff(luma, axis=1)).sum()
+                               + np.abs(np.diff(luma, axis=0)).sum())
+                    if best is None or texture > best[0]:
+                        best = (texture, patch)
+            out[r * p : (r + 1) * p, c * p : (c + 1) * p] = best[1]
+    return out
+
+
+TEXTURED = DetailView(grid=7, patch=32, kind="textured_fragments", candidates=3)
+
+
+def test_textured_candidates_by_hand():
+    # 700 px, 7 cells of 100 px: 3 origins from the cell's first pixel to 100 - 32 past it.
+    assert TEXTURED.candidate_origins(700)[:2] == [[0, 34, 68], [100, 134, 168]]
+    # Cells narrower than a patch keep the one centred origin of the grid kind.
+    narrow = DetailView(grid=4, patch=32, kind="textured_fragments", candidates=3)
+    assert narrow.candidate_origins(40) == [[o] for o in narrow.cell_origins(40, 40)[0]]
+    assert narrow.candidate_origins(40) == [[0], [0], [8], [8]]
+
+
+def test_textured_mosaic_takes_the_detailed_patch_of_each_cell():
+    rng = np.random.default_rng(0)
+    photo = np.full((700, 700, 3), 120, np.uint8)  # flat: no texture anywhere...
+    photo[134:166, 168:200] = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)  # ...but here
+    mosaic = detail_mosaic(photo, TEXTURED)
+    # Cell (1, 1) spans 100-200 px; its textured candidate is the one at (134, 168).
+    np.testing.assert_array_equal(mosaic[32:64, 32:64], photo[134:166, 168:200])
+    # The grid kind's centred patch of that cell misses most of it.
+    grid = detail_mosaic(photo, DetailView(grid=7, patch=32))
+    assert grid[32:64, 32:64].std() < mosaic[32:64, 32:64].std()
+    # Flat cells are ties, and a tie goes to the first candidate: the cell's top left.
+    np.testing.assert_array_equal(mosaic[:32, 64:96], photo[0:32, 200:232])
+
+
+@pytest.mark.parametrize("shape", [(500, 500), (333, 777), (1600, 2560), (40, 300), (32, 33)])
+def test_textured_mosaic_follows_the_written_rule_exactly(shape):
+    rng = np.random.default_rng(sum(shape))
+    photo = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    photo[: shape[0] // 2] //= 8  # dark, low-texture half
+    photo[:, : shape[1] // 3] = 90  # a flat third: ties
+    np.testing.assert_array_equal(detail_mosaic(photo, TEXTURED),
+                                  _reference_textured_mosaic(photo, TEXTURED))
+
+
+def test_textured_view_metadata_round_trip_and_checks():
+    assert DetailView.from_json(TEXTURED.to_json()) == TEXTURED
+    assert json.loads(TEXTURED.to_json())["candidates"] == 3
+    # The grid kind's metadata stays what it was before textured views existed.
+    assert "candidates" not in json.loads(DetailView().to_json())
+    with pytest.raises(ValueError, match="candidates >= 2"):
+        DetailView(kind="textured_fragments", candidates=1)
+
+
 # ------------------------------------------------------------------------- calibration
 
 

@@ -329,3 +329,26 @@ def test_the_seed_ensemble_script_scores_each_run_and_their_mean(trained, tmp_pa
     gain = report["ensemble_srcc_gain_over_mean_member"]
     if gain["resamples"]:  # the tiny run may rank its few held-out photos as ties
         assert gain["ci95"][0] <= gain["mean"] <= gain["ci95"][1]
+
+
+def test_a_textured_penalty_exports_and_scores_like_torch(trained, tmp_path):
+    out = tmp_path / "textured.pt"
+    assert main(["penalty", str(trained), "-o", str(out), "--threads", "1", "--no-progress",
+                 "--placement", "textured", "--candidates", "2"]) == 0
+    kwargs = torch.load(out, weights_only=False)["model_kwargs"]
+    assert kwargs["detail_kind"] == "textured_fragments" and kwargs["detail_candidates"] == 2
+    onnx_path = tmp_path / "textured.onnx"
+    assert main(["export", str(out), "-o", str(onnx_path)]) == 0
+    scorer = QualityModel(onnx_path)
+    # Anyone with onnxruntime builds the detail input from the metadata alone.
+    assert scorer.detail_view.kind == "textured_fragments"
+    assert scorer.detail_view.candidates == 2
+    model = model_from_checkpoint(load_checkpoint(out))
+    assert model.detail_view == scorer.detail_view
+    image = _photo(7, (1200, 1600))  # the gate is open: the penalty reads the mosaic
+    image[:600] //= 16  # a dark, flat half, where the textured patches differ from centred
+    inputs = _inputs(model, image)
+    with torch.no_grad():
+        mos, _ = model(*inputs)
+    # Not calibrated: the exported score is the (penalised) MOS itself.
+    assert scorer.score(image).score == pytest.approx(float(mos[0]), abs=1e-4)

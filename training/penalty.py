@@ -66,6 +66,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the detail view's mosaic is GRID x GRID patches (default 7)")
     parser.add_argument("--patch", type=int, default=32,
                         help="native-resolution patch side in px (default 32)")
+    parser.add_argument("--placement", choices=("grid", "textured"), default="grid",
+                        help="where each patch sits in its grid cell: its centre (grid, "
+                        "the default) or the most textured of --candidates x --candidates "
+                        "positions (textured), so that smooth sky or walls in a large photo "
+                        "do not fill the mosaic with patches that show no detail")
+    parser.add_argument("--candidates", type=int, default=3,
+                        help="positions per axis and cell that --placement textured chooses "
+                        "from (default 3)")
     add_photo_arguments(parser)
     parser.add_argument("--reads", choices=("both", "detail"), default="both",
                         help="what the penalty reads: both views' pooled features (default: "
@@ -94,7 +102,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def penalty_model(checkpoint: dict, grid: int = 7, patch: int = 32, global_view: bool = False,
-                  gate: tuple[float, float] | None = None):
+                  gate: tuple[float, float] | None = None, kind: str = "grid_fragments",
+                  candidates: int = 1):
     """The checkpoint's single-view QualityNet with a detail view and an unfitted (zero)
     penalty; its outputs equal the checkpoint's until :func:`fit_penalty` is applied."""
     from iqa.models import create_model
@@ -110,6 +119,7 @@ def penalty_model(checkpoint: dict, grid: int = 7, patch: int = 32, global_view:
                           "penalised MOS (`iqa penalty`, then `iqa calibrate`)")
     base = model_from_checkpoint(checkpoint)
     model = create_model(**kwargs, pretrained=False, detail_grid=grid, detail_patch=patch,
+                         detail_kind=kind, detail_candidates=candidates,
                          detail_penalty=True, penalty_global=global_view, penalty_gate=gate)
     missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
     if unexpected or any(not k.startswith("penalty.") for k in missing):
@@ -293,7 +303,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         checkpoint = load_checkpoint(args.checkpoint)
         model = penalty_model(checkpoint, args.grid, args.patch, args.reads == "both",
-                              None if args.no_gate else tuple(args.gate))
+                              None if args.no_gate else tuple(args.gate),
+                              kind=f"{args.placement}_fragments", candidates=args.candidates)
         prior = level_to_mos_prior(training_mos(checkpoint, args.checkpoint.parent))
         root, photos = training_photos(checkpoint, args.photos, args.subsets)
     except (FileNotFoundError, KeyError, ValueError, ConfigError, ExportError) as exc:
