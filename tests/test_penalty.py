@@ -131,6 +131,7 @@ def test_iqa_penalty_fits_on_every_training_version(penalised, trained, fake_roo
     assert report["versions"] == len(list(level_samples(photos, per_distortion=3)))
     assert any(name.endswith("|hidden") for name in report["by_distortion"])
     assert report["alpha"] in [float(a) for a in report["group_cv_mse"]]
+    assert report["detail_view"]["kind"] == "grid_fragments"  # the default placement
     assert state["metadata"]["training_data"].endswith(
         f"detail penalty: fitted after training on {report['versions_fitted']} level versions "
         "of 3 synthetic photos (training data only)")
@@ -335,8 +336,10 @@ def test_a_textured_penalty_exports_and_scores_like_torch(trained, tmp_path):
     out = tmp_path / "textured.pt"
     assert main(["penalty", str(trained), "-o", str(out), "--threads", "1", "--no-progress",
                  "--placement", "textured", "--candidates", "2"]) == 0
-    kwargs = torch.load(out, weights_only=False)["model_kwargs"]
+    state = torch.load(out, weights_only=False)
+    kwargs = state["model_kwargs"]
     assert kwargs["detail_kind"] == "textured_fragments" and kwargs["detail_candidates"] == 2
+    assert state["metadata"]["detail_penalty"]["detail_view"]["kind"] == "textured_fragments"
     onnx_path = tmp_path / "textured.onnx"
     assert main(["export", str(out), "-o", str(onnx_path)]) == 0
     scorer = QualityModel(onnx_path)

@@ -332,6 +332,7 @@ def run(args: argparse.Namespace) -> int:
               "fit_on": args.fit_on, "versions_fitted": int(use.sum()),
               "reads": "detail and global views" if args.reads == "both" else "detail view",
               "gate": None if args.no_gate else list(args.gate),
+              "detail_view": json.loads(model.detail_view.to_json()),
               "alpha": fit.alpha, "group_cv_mse": fit.cv_mse,
               "by_distortion": version_table(names, mos - (prior[0] + prior[1] * levels),
                                              penalty)}
