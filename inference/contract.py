@@ -129,9 +129,11 @@ class DetailView:
       texture is the sum of absolute differences of integer luma (2126 R + 7152 G +
       722 B on the 8-bit values: ``LUMA_WEIGHTS`` x 10,000) between horizontal
       neighbours plus the same between vertical neighbours, computed exactly in
-      integers; ties go to the first candidate, top to bottom then left to right. Where a large photo's frame
-      is smooth (sky, water, a plain wall), a centred patch shows no detail at all; the
-      textured one shows what the photo's sharpest nearby detail looks like at 100 %.
+      integers; ties go to the first candidate, top to bottom then left to right. Where
+      a large photo's frame is smooth (sky, water, a plain wall), a centred patch shows
+      no detail; the textured one shows the nearest detail at 100 %. (On fold 0 it did
+      not keep clean large photos' scores up, so `iqa penalty` defaults to the grid;
+      MODEL_CARD.md.)
 
     With ``native_scale`` the model also takes ``detail_scale``, an N x 1 float32 input:
     the photo's native width over the width of its global view

@@ -77,9 +77,9 @@ def detail_mosaic(rgb: np.ndarray, view: DetailView) -> np.ndarray:
         rgb = np.pad(rgb, ((pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2),
                            (0, 0)), mode="edge")
         height, width = rgb.shape[:2]
-    p = view.patch
     if view.kind == "textured_fragments":
         return _textured_mosaic(rgb, view)
+    p = view.patch
     lefts, tops = view.cell_origins(width, height)
     rows = [np.concatenate([rgb[t : t + p, x : x + p] for x in lefts], axis=1) for t in tops]
     return np.ascontiguousarray(np.concatenate(rows, axis=0))
