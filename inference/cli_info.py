@@ -50,7 +50,8 @@ def format_info(info: dict) -> str:
         "validation metrics  " + _metrics(info["validation_metrics"]),
         "preprocessing       "
         f"shorter side {prep['shorter_side']} px, longer side <= {prep['max_longer_side']} px, "
-        f"multiple of {prep['size_multiple']}, {prep['resample']} resize",
+        + (f"<= {prep['pixel_budget']:,} pixels, " if prep.get("pixel_budget") else "")
+        + f"multiple of {prep['size_multiple']}, {prep['resample']} resize",
         f"                    mean {_floats(prep['mean'])}, std {_floats(prep['std'])}",
         "factors             " + (", ".join(info["factor_names"]) or "- (score only)"),
     ]

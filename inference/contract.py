@@ -8,6 +8,7 @@ them back. Nothing here imports torch, so ``iqa.training`` may import this modul
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 
 INPUT_NAME = "image"
@@ -77,9 +78,23 @@ class Preprocessing:
     resample: str = "bicubic"
     antialias: bool = True
     extra: dict = field(default_factory=dict)
+    # At most this many pixels before rounding to ``size_multiple`` (None: no cap). Model
+    # time follows pixels, not the shorter side: at shorter side 448 and a budget of
+    # 384 x 512, square photos are seen at 448 x 448 and 4:3 ones at 384 x 512, at one cost.
+    pixel_budget: int | None = None
+
+    def __post_init__(self):
+        if self.pixel_budget is not None and self.pixel_budget < self.size_multiple**2:
+            raise ValueError(f"pixel_budget must be at least size_multiple squared "
+                             f"({self.size_multiple**2}), got {self.pixel_budget}")
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        raw = asdict(self)
+        if raw["pixel_budget"] is None:
+            # Policies without a budget keep the JSON they always had: exported files and
+            # feature-cache fingerprints from before the key existed stay valid.
+            del raw["pixel_budget"]
+        return json.dumps(raw, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Preprocessing:
@@ -95,6 +110,8 @@ class Preprocessing:
         if width < 1 or height < 1:
             raise ValueError(f"image size must be positive, got {width}x{height}")
         scale = self.shorter_side / min(width, height)
+        if self.pixel_budget and width * height * scale**2 > self.pixel_budget:
+            scale = math.sqrt(self.pixel_budget / (width * height))
         if max(width, height) * scale > self.max_longer_side:
             scale = self.max_longer_side / max(width, height)
         m = self.size_multiple

@@ -11,6 +11,7 @@ import io
 import os
 import re
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -86,7 +87,7 @@ def decode_image(
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     min_side: int = DEFAULT_MIN_SIDE,
-    target_shorter_side: int | None = None,
+    target_shorter_side: int | Callable[[int, int], int] | None = None,
     name: str | None = None,
 ) -> Image.Image:
     """Decode ``source`` into an upright RGB image.
@@ -100,7 +101,8 @@ def decode_image(
     data is decoded (``None`` disables it; Pillow's own limit of
     ``2 * PIL.Image.MAX_IMAGE_PIXELS`` still applies). ``target_shorter_side`` lets a
     JPEG decode at a reduced scale (1/2, 1/4 or 1/8, in the DCT), never below that
-    shorter side. ``name`` names the image in error messages when ``source`` has no path.
+    shorter side; a function of the header's (width, height) may give it instead, for a
+    policy whose target depends on the aspect ratio. ``name`` names the image in error messages when ``source`` has no path.
 
     Raises ImageDecodeError (not an image, unsupported format, unreadable file),
     TruncatedImageError, ImageTooLargeError or ImageTooSmallError.
@@ -187,6 +189,8 @@ def _sniff(head: bytes) -> str:
 def _finish(image: Image.Image, label, max_pixels, min_side, target_shorter_side) -> Image.Image:
     """Size checks on the header, then draft, decode, orientation and mode conversion."""
     _check_size(image.size, label, max_pixels, min_side)
+    if callable(target_shorter_side):
+        target_shorter_side = target_shorter_side(*image.size)
     if target_shorter_side and image.format in ("JPEG", "MPO"):
         # Both sides of a draft stay >= the requested box, so the shorter side does too.
         image.draft(None, (int(target_shorter_side), int(target_shorter_side)))

@@ -149,6 +149,52 @@ def test_target_size_follows_a_custom_policy():
     assert prep.target_size(100, 80) == (80, 64)  # 100 * 0.8 = 80 = 5 cells of 16
 
 
+BUDGET = Preprocessing(shorter_side=448, pixel_budget=384 * 512)
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        # 448 x 448 = 200,704 > 196,608: scale sqrt(196608 / 250000) = 0.8868, 443.4 px =
+        # 13.86 cells -> 14 -> 448. Rounding may pass the budget by under a cell per side.
+        ((500, 500), (448, 448)),
+        # At shorter side 448 a 4:3 photo would be 597 x 448 = 267,456 px: the budget
+        # wins, sqrt(196608 / 786432) = 0.5 exactly.
+        ((1024, 768), (512, 384)),
+        ((768, 1024), (384, 512)),
+        ((4000, 3000), (512, 384)),
+        # 3:2: sqrt(196608 / 393216) = 0.7071; 543.1 x 362.0 px = 16.97 x 11.3 cells.
+        ((768, 512), (544, 352)),
+        # 448^2 is over the budget, so at shorter side 448 the budget always binds:
+        # sqrt(196608 / 172032) = 1.069; 478.9 x 410.5 px = 14.97 x 12.83 cells -> 480 x 416.
+        ((448, 384), (480, 416)),
+        # The longer-side cap still applies after the budget: 6000 x 1000 at the budget is
+        # 1086 x 181 px, over 1024, so 1024 / 6000 = 0.1707 and 170.7 px -> 160.
+        ((6000, 1000), (1024, 160)),
+    ],
+)
+def test_pixel_budget_target_size_by_hand(size, expected):
+    assert BUDGET.target_size(*size) == expected
+
+
+def test_the_shorter_side_rules_under_the_pixel_budget():
+    prep = Preprocessing(shorter_side=320, pixel_budget=384 * 512)
+    assert prep.target_size(500, 500) == (320, 320)  # 102,400 px: under the budget
+    assert prep.target_size(1024, 768) == Preprocessing().target_size(1024, 768)
+
+
+def test_pixel_budget_is_optional_and_validated():
+    # No budget: the JSON has no key for it, so every policy exported before it existed
+    # keeps its bytes (and feature caches their fingerprints).
+    assert "pixel_budget" not in json.loads(Preprocessing().to_json())
+    raw = json.loads(BUDGET.to_json())
+    assert raw["pixel_budget"] == 196608 and list(raw) == sorted(raw)
+    assert Preprocessing.from_json(BUDGET.to_json()) == BUDGET
+    assert Preprocessing.from_json(Preprocessing().to_json()).pixel_budget is None
+    with pytest.raises(ValueError, match="pixel_budget must be at least"):
+        Preprocessing(pixel_budget=1000)
+
+
 @pytest.mark.parametrize("size", [(0, 10), (10, 0), (-5, 10), (0, 0)])
 def test_target_size_rejects_empty_images(size):
     with pytest.raises(ValueError, match="must be positive"):
@@ -267,6 +313,21 @@ def test_jpegs_decode_at_a_reduced_scale_never_below_the_shorter_side():
 
     with pytest.raises(ImageTooLargeError):
         decode_for_model(buffer.getvalue(), Preprocessing(), max_pixels=1_000_000)
+
+
+def test_the_reduced_decode_follows_the_size_the_policy_resizes_to():
+    buffer = io.BytesIO()
+    Image.fromarray(_coordinates_image(1024, 768)).save(buffer, "JPEG", quality=90)
+    data = buffer.getvalue()
+    # Shorter side 448 alone: 1/2 would give 384 < 448, so the decode is full size.
+    assert decode_for_model(data, Preprocessing(shorter_side=448)).size == (1024, 768)
+    # Under the budget the same photo is resized to 512 x 384, so the half-scale DCT
+    # decode (512 x 384) is enough: the budget keeps the decode as cheap as the view.
+    assert decode_for_model(data, BUDGET).size == (512, 384)
+    square = io.BytesIO()
+    Image.fromarray(_coordinates_image(1000, 1000)).save(square, "JPEG", quality=90)
+    # A square photo is resized to 448 x 448: 1/2 (500) is allowed, 1/4 (250) is not.
+    assert decode_for_model(square.getvalue(), BUDGET).size == (500, 500)
 
 
 # --------------------------------------------------------------------------- detail view

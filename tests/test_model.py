@@ -197,3 +197,28 @@ def test_model_drafts_jpegs_to_no_less_than_its_input_size(model, photo):
     assert model.preprocessing.shorter_side <= min(decoded.size) < 768
     tensor = model.prepare(buffer.getvalue())["image"]
     assert tensor.shape[1:] == model.preprocessing.target_size(1024, 768)[::-1]
+
+
+def test_a_pixel_budget_in_the_metadata_sizes_every_input(tmp_path, tiny_model_path, photo):
+    onnx = pytest.importorskip("onnx")
+    from iqa.inference.cli_info import format_info
+    from iqa.inference.contract import Preprocessing
+
+    proto = onnx.load(str(tiny_model_path))
+    prop = next(p for p in proto.metadata_props if p.key == META_PREPROCESSING)
+    policy = Preprocessing.from_json(prop.value)
+    # 128 px shorter side but at most 96 x 128 pixels: the 512 px square astronaut is seen
+    # at sqrt(12288) = 110.9 -> 96 px (not 128), a 3:2 crop at 90.5 x 135.8 -> 96 x 128.
+    budget = Preprocessing.from_json(json.dumps({**json.loads(prop.value), "shorter_side": 128,
+                                                 "max_longer_side": 256,
+                                                 "pixel_budget": 96 * 128}))
+    assert budget.mean == policy.mean and budget.size_multiple == 32
+    prop.value = budget.to_json()
+    path = tmp_path / "budget.onnx"
+    onnx.save(proto, str(path))
+    model = QualityModel(path, threads=1)
+    assert model.preprocessing.pixel_budget == 96 * 128
+    assert model.prepare(photo)["image"].shape[1:] == (96, 96)
+    assert model.prepare(photo[:256, :384])["image"].shape[1:] == (96, 128)
+    assert 0.0 <= model.score(photo).score <= 1.0
+    assert "<= 12,288 pixels" in format_info({**model.info(), "path": str(path)})

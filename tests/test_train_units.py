@@ -54,6 +54,22 @@ def test_config_layers_defaults_base_file_and_overrides(tmp_path, monkeypatch):
     assert cfg["cache_dir"] == str(tmp_path / ".cache/iqa-features")
 
 
+def test_a_recipe_adds_preprocessing_keys_to_its_bases(tmp_path):
+    # configs/livec_levels_budget.yaml builds on livec_levels.yaml, whose preprocessing
+    # section already has a key: free-form sections merge key by key at every level.
+    cfg = build_config(CONFIGS / "livec_levels_budget.yaml", cwd=tmp_path)
+    assert cfg["preprocessing"] == {"shorter_side": 448, "pixel_budget": 384 * 512}
+    assert cfg["model"]["pool_stages"] == [3, 4, 5, 6] and cfg["augment"]["crop"] == 416
+    child = tmp_path / "child.yaml"
+    child.write_text(f"base: {CONFIGS / 'livec_levels.yaml'}\npreprocessing:\n  resample: bilinear\n")
+    assert build_config(child, cwd=tmp_path)["preprocessing"] == {"shorter_side": 384,
+                                                                  "resample": "bilinear"}
+    # Sections that are not free-form still reject keys they do not know.
+    child.write_text(f"base: {CONFIGS / 'livec_levels.yaml'}\naugment:\n  rotate: 1\n")
+    with pytest.raises(ConfigError, match="unknown config key 'augment.rotate'"):
+        build_config(child, cwd=tmp_path)
+
+
 def test_data_root_precedence_cli_then_env_then_config(tmp_path, monkeypatch):
     monkeypatch.setenv(DATA_ROOT_ENV, str(tmp_path / "env"))
     assert build_config(CONFIGS / "livec.yaml", cwd=tmp_path)["data"]["root"] == str(

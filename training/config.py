@@ -153,9 +153,15 @@ def _merge(base: dict, update: dict, where: str = "") -> dict:
         path = f"{where}{key}"
         if key not in base:
             raise ConfigError(f"unknown config key '{path}'")
-        # Free-form dicts (loader options, preprocessing) take whatever keys they are given.
-        if isinstance(base[key], dict) and base[key] and isinstance(value, dict):
-            out[key] = _merge(base[key], value, f"{path}.")
+        if isinstance(base[key], dict) and isinstance(value, dict):
+            if _is_free_form(DEFAULTS, path.split(".")):
+                # Loader options, preprocessing: whatever keys they are given, merged over
+                # a base config's (a recipe that builds on another adds to its keys).
+                out[key] = {**base[key], **copy.deepcopy(value)}
+            elif base[key]:
+                out[key] = _merge(base[key], value, f"{path}.")
+            else:
+                out[key] = copy.deepcopy(value)
         else:
             out[key] = copy.deepcopy(value)
     return out

@@ -293,7 +293,7 @@ def parity_inputs(preprocessing: Preprocessing,
         left, top = (w - cw) // 2, (h - ch) // 2
         cropped = photo.crop((left, top, left + cw, top + ch))
         policy = replace(preprocessing, shorter_side=min(height, width),
-                         max_longer_side=max(height, width))
+                         max_longer_side=max(height, width), pixel_budget=None)
         return to_model_input(cropped, policy)
 
     sizes = parity_sizes(preprocessing)
