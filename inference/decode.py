@@ -102,7 +102,8 @@ def decode_image(
     ``2 * PIL.Image.MAX_IMAGE_PIXELS`` still applies). ``target_shorter_side`` lets a
     JPEG decode at a reduced scale (1/2, 1/4 or 1/8, in the DCT), never below that
     shorter side; a function of the header's (width, height) may give it instead, for a
-    policy whose target depends on the aspect ratio. ``name`` names the image in error messages when ``source`` has no path.
+    policy whose target depends on the aspect ratio. ``name`` names the image in error
+    messages when ``source`` has no path.
 
     Raises ImageDecodeError (not an image, unsupported format, unreadable file),
     TruncatedImageError, ImageTooLargeError or ImageTooSmallError.

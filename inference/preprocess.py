@@ -24,8 +24,9 @@ def decode_for_model(source: ImageSource, prep: Preprocessing, *, native: bool =
 
     JPEGs decode at a reduced DCT scale (1/2, 1/4, 1/8), never below the shorter side the
     policy resizes that photo to, and the bicubic resize does the rest. For 1024x768 photos
-    at shorter side 320 this more than halves decode + resize time, and the model input differs from a full decode
-    by a mean of 0.6/255 (99th percentile 4/255): less than JPEG's own quantisation noise.
+    at shorter side 320 this more than halves decode + resize time, and the model input
+    differs from a full decode by a mean of 0.6/255 (99th percentile 4/255): less than
+    JPEG's own quantisation noise.
 
     ``native`` decodes every pixel: a model with a detail view judges the photo's own
     resolution, which a reduced decode would throw away.
