@@ -154,7 +154,7 @@ def _merge(base: dict, update: dict, where: str = "") -> dict:
         if key not in base:
             raise ConfigError(f"unknown config key '{path}'")
         if isinstance(base[key], dict) and isinstance(value, dict):
-            if _is_free_form(DEFAULTS, path.split(".")):
+            if _is_free_form(path.split(".")):
                 # Loader options, preprocessing: whatever keys they are given, merged over
                 # a base config's (a recipe that builds on another adds to its keys).
                 out[key] = {**base[key], **copy.deepcopy(value)}
@@ -196,13 +196,14 @@ def apply_override(cfg: dict, text: str) -> None:
         node = node[key]
     if not isinstance(node, dict):
         raise ConfigError(f"'{'.'.join(keys[:-1])}' is not a section, in '{text}'")
-    free_form = node is not cfg and _is_free_form(cfg, keys[:-1])
+    free_form = node is not cfg and _is_free_form(keys[:-1])
     if keys[-1] not in node and not free_form:
         raise ConfigError(f"unknown config key '{'.'.join(keys)}' in '{text}'")
     node[keys[-1]] = value
 
 
-def _is_free_form(cfg: dict, keys: list[str]) -> bool:
+def _is_free_form(keys: list[str]) -> bool:
+    """Whether the section at ``keys`` takes any keys: its default is an empty dict."""
     node: Any = DEFAULTS
     for key in keys:
         node = node.get(key) if isinstance(node, dict) else None
