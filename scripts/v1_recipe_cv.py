@@ -6,6 +6,8 @@ model v2 needs before it can replace v1.
     python scripts/v1_recipe_cv.py train --config configs/livec_levels.yaml --out runs/levels-cv
     python scripts/v1_recipe_cv.py summary [--out runs/v1-cv]        # mean +- std over folds
     python scripts/v1_recipe_cv.py compare --out runs/levels-cv --baseline runs/v1-cv   # paired
+    python scripts/v1_recipe_cv.py compare --out runs/levels-s448 \
+        --recorded docs/model_v2/levels_s448_cv.json --baseline docs/model_v2/levels_cv.json
 
 ``splits`` writes ``<out>/fold<k>/split.csv`` (``path,split``: fold k is ``val``, the others
 ``train``) from configs/splits/livec_5fold.csv, the folds every v2 figure uses. ``train``
@@ -15,6 +17,12 @@ per fold on 2 CPU cores; minutes on a GPU); a fold whose run is complete is skip
 killed one resumes. ``summary`` reads each run's ``metrics.csv`` and reports the
 **last** epoch's validation SRCC/PLCC: v1's trainer keeps ``best.pt`` by validation SRCC,
 and a figure chosen on the held-out fold would not be a cross-validation figure.
+
+Runs are hours of work and ``runs/`` is not committed, so a study often spans machines: the
+committed summary JSON of folds that ran elsewhere (what ``summary`` writes, as under
+docs/model_v2/) stands in for them. ``--baseline`` may be such a file instead of a run
+folder, and ``--recorded FILE`` adds its folds to ``--out``'s where ``--out`` has no
+finished run of its own.
 """
 
 from __future__ import annotations
@@ -64,9 +72,22 @@ def last_validation(run: Path) -> dict | None:
             "plcc": float(last["val_plcc"]), "n": int(last["val_n"])}
 
 
-def summarise(out: Path, folds: list[int]) -> dict:
+def read_recorded(path: Path, folds: list[int]) -> dict[int, dict]:
+    """The per-fold figures of a committed summary JSON, restricted to ``folds``."""
+    try:
+        recorded = json.loads(path.read_text())["folds"]
+    except (OSError, ValueError, KeyError) as error:
+        raise SystemExit(f"{path}: not a CV summary written by `summary` ({error})") from None
+    return {int(k): v for k, v in recorded.items() if int(k) in folds}
+
+
+def summarise(out: Path, folds: list[int], recorded: Path | None = None) -> dict:
     """Last-epoch figures of the folds whose run is complete; running ones are listed apart,
-    since their last validation is of an epoch part-way through the recipe."""
+    since their last validation is of an epoch part-way through the recipe. ``recorded``
+    (a summary JSON) fills the folds that have no complete run under ``out``; ``out`` may
+    itself be such a file."""
+    if out.is_file():
+        return _with_stats({"folds": read_recorded(out, folds)})
     per_fold, running = {}, []
     for k in folds:
         run = out / f"fold{k}" / "run"
@@ -77,9 +98,18 @@ def summarise(out: Path, folds: list[int]) -> dict:
             per_fold[k] = result
         else:
             running.append(k)
+    if recorded is not None:
+        from_file = {k: v for k, v in read_recorded(recorded, folds).items() if k not in per_fold}
+        per_fold = dict(sorted({**per_fold, **from_file}.items()))
+        running = [k for k in running if k not in from_file]
     summary: dict = {"folds": per_fold}
     if running:
         summary["running"] = running
+    return _with_stats(summary)
+
+
+def _with_stats(summary: dict) -> dict:
+    per_fold = summary["folds"]
     if len(per_fold) >= 2:
         for metric in ("srcc", "plcc"):
             values = [r[metric] for r in per_fold.values()]
@@ -87,13 +117,14 @@ def summarise(out: Path, folds: list[int]) -> dict:
     return summary
 
 
-def compare(out: Path, baseline: Path, folds: list[int]) -> dict:
+def compare(out: Path, baseline: Path, folds: list[int], recorded: Path | None = None) -> dict:
     """Paired last-epoch differences, ``out`` minus ``baseline``, on the folds both finished:
     per fold, mean ± std, and a 95 % t-interval over folds (optimistic: the folds' training
     sets overlap, so their differences are not independent)."""
     from scipy import stats
 
-    ours, theirs = summarise(out, folds)["folds"], summarise(baseline, folds)["folds"]
+    ours = summarise(out, folds, recorded)["folds"]
+    theirs = summarise(baseline, folds)["folds"]
     shared = sorted(set(ours) & set(theirs))
     report: dict = {"recipe": str(out), "baseline": str(baseline), "folds": shared}
     for metric in ("srcc", "plcc"):
@@ -120,7 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=CONFIG, help=f"recipe to train (default: {CONFIG})")
     parser.add_argument("--folds", type=int, nargs="*", help="these folds only (default: all)")
     parser.add_argument("--baseline", type=Path,
-                        help="compare: the other recipe's --out, subtracted from this one's")
+                        help="compare: the other recipe's --out, subtracted from this one's, "
+                             "or its committed summary JSON")
+    parser.add_argument("--recorded", type=Path,
+                        help="summary JSON of folds this recipe finished elsewhere; fills the "
+                             "folds --out has no finished run for (summary, compare)")
     args = parser.parse_args(argv)
     if args.action == "compare" and args.baseline is None:
         parser.error("compare needs --baseline OTHER_OUT")
@@ -146,9 +181,9 @@ def main(argv: list[str] | None = None) -> int:
             print("+", " ".join(command), flush=True)
             subprocess.run(command, check=True)
     if args.action == "compare":
-        print(json.dumps(compare(args.out, args.baseline, chosen), indent=1))
+        print(json.dumps(compare(args.out, args.baseline, chosen, args.recorded), indent=1))
     if args.action in ("train", "summary"):
-        summary = summarise(args.out, chosen)
+        summary = summarise(args.out, chosen, args.recorded)
         print(json.dumps(summary, indent=1))
         (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     return 0

@@ -94,3 +94,37 @@ def test_train_runs_the_chosen_recipe_on_each_fold_and_resumes(cv, tmp_path, mon
     assert f"data.split_csv={(tmp_path / 'out' / 'fold0' / 'split.csv').resolve()}" in fresh
     assert fresh[-2:] == ["--set", "seed=3"]
     assert resumed == ["iqa", "train", "--resume", str(tmp_path / "out" / "fold1" / "run")]
+
+
+def test_committed_summaries_stand_in_for_runs_of_another_machine(cv, tmp_path, capsys):
+    # Folds 0 and 1 ran on an earlier machine; only their committed summary is left.
+    _metrics(tmp_path / "base" / "fold0" / "run", [0.1, 0.80])
+    _metrics(tmp_path / "base" / "fold1" / "run", [0.1, 0.70])
+    _metrics(tmp_path / "base" / "fold2" / "run", [0.1, 0.75])
+    assert cv.main(["summary", "--out", str(tmp_path / "base")]) == 0
+    baseline = tmp_path / "baseline.json"
+    (tmp_path / "base" / "summary.json").rename(baseline)
+    recorded = tmp_path / "recorded.json"
+    recorded.write_text('{"folds": {"0": {"epoch": 1, "srcc": 0.82, "plcc": 0.84, "n": 170},'
+                        ' "1": {"epoch": 1, "srcc": 0.73, "plcc": 0.75, "n": 170},'
+                        ' "2": {"epoch": 1, "srcc": 0.10, "plcc": 0.10, "n": 170}}}')
+    _metrics(tmp_path / "ours" / "fold2" / "run", [0.1, 0.74])  # finished here: it wins
+    _metrics(tmp_path / "ours" / "fold1" / "run", [0.2], complete=False)  # a killed copy
+
+    summary = cv.summarise(tmp_path / "ours", [0, 1, 2, 3], recorded)
+    assert {k: v["srcc"] for k, v in summary["folds"].items()} == {0: 0.82, 1: 0.73, 2: 0.74}
+    assert "running" not in summary  # fold 1's partial run is covered by the record
+    report = cv.compare(tmp_path / "ours", baseline, [0, 1, 2, 3], recorded)
+    assert report["folds"] == [0, 1, 2]
+    assert [report["srcc"]["per_fold"][k]["difference"] for k in (0, 1, 2)] == pytest.approx(
+        [0.02, 0.03, -0.01])
+    assert cv.main(["compare", "--out", str(tmp_path / "ours"), "--recorded", str(recorded),
+                    "--baseline", str(baseline)]) == 0
+    assert '"better_on": 2' in capsys.readouterr().out
+
+
+def test_a_file_that_is_not_a_summary_is_refused_by_name(cv, tmp_path):
+    bad = tmp_path / "notes.json"
+    bad.write_text('{"recipe": "x"}')
+    with pytest.raises(SystemExit, match="notes.json: not a CV summary"):
+        cv.summarise(tmp_path, [0], bad)
