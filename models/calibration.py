@@ -9,8 +9,10 @@ from torch import nn
 class MonotoneCalibration(nn.Module):
     """Piecewise-linear, non-decreasing map through ``(knots_x, knots_y)``, flat outside.
 
-    Written as a sum of clamped ramps so that it exports to plain ONNX ops (Sub, Clip,
-    Mul, Add) and never changes the order of two predictions.
+    Written as a sum of clamped ramps so that it exports to plain ONNX ops (Sub, Relu, Min,
+    Mul, ReduceSum, Add) and never changes the order of two predictions. The module allows
+    flat segments; the fits that produce knots (``training/heads.py``) make them strictly
+    increasing, so that distinct predictions keep distinct scores.
     """
 
     def __init__(self, knots_x: list[float] | None = None, knots_y: list[float] | None = None):

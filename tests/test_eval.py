@@ -262,3 +262,31 @@ def test_eval_runs_without_torch(generic_csv_dataset, tiny_model_path, tmp_path)
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert (out / REPORT_FILES["scatter"]).is_file()
+
+
+def test_eval_can_score_the_raw_mos_output(generic_csv_dataset, tiny_model_path, tmp_path,
+                                           capsys):
+    """--output mos compares v2's raw MOS-scale prediction, the figure MODEL_CARD.md reports;
+    a model without that output is refused by name."""
+    from iqa.inference import default_model_path
+
+    common = ["eval", "--dataset", "csv", "--root", str(generic_csv_dataset),
+              "--csv-file", "ratings.csv", "--csv-path-col", "file", "--csv-mos-col", "score",
+              "--csv-range", "1", "5", "--n-boot", "0", "--quiet", "--split", "all"]
+    by_output = {}
+    for output in ("score", "mos"):
+        out = tmp_path / output
+        assert main([*common, "--output", output, "--output-dir", str(out)]) == 0
+        by_output[output] = [float(r["prediction"]) for r in _read_predictions(out)]
+        assert json.loads((out / REPORT_FILES["metrics"]).read_text())["output"] == output
+    model = QualityModel(default_model_path())
+    images = sorted((generic_csv_dataset / "img").glob("*.png"))
+    expected = [model.score(path) for path in images]
+    assert by_output["mos"] == pytest.approx([r.mos for r in expected], abs=1e-5)
+    assert by_output["score"] == pytest.approx([r.score for r in expected], abs=1e-5)
+    assert by_output["mos"] != pytest.approx(by_output["score"], abs=1e-3)  # really two outputs
+
+    capsys.readouterr()
+    assert main([*common, "--model", str(tiny_model_path), "--output", "mos",
+                 "--output-dir", str(tmp_path / "v1")]) == 1
+    assert "has no 'mos' output" in capsys.readouterr().err

@@ -222,3 +222,19 @@ def test_a_pixel_budget_in_the_metadata_sizes_every_input(tmp_path, tiny_model_p
     assert model.prepare(photo[:256, :384])["image"].shape[1:] == (96, 128)
     assert 0.0 <= model.score(photo).score <= 1.0
     assert "<= 12,288 pixels" in format_info({**model.info(), "path": str(path)})
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider'")
+def test_a_requested_provider_that_does_not_start_is_an_error(tiny_model_path, monkeypatch):
+    """onnxruntime falls back to the CPU, with only a warning, when a requested provider
+    cannot start. Here the CPU build is told CUDA is available (as a GPU build without a
+    working driver would report it) and onnxruntime really falls back: the model refuses."""
+    import iqa.inference.model as model_module
+
+    monkeypatch.setattr(model_module, "available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with pytest.raises(ModelLoadError, match="could not start CUDAExecutionProvider.*running on: "
+                                             "CPUExecutionProvider"):
+        QualityModel(tiny_model_path, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    # Without an explicit request the same fallback is fine: CPU is what works.
+    assert QualityModel(tiny_model_path).providers == ["CPUExecutionProvider"]

@@ -23,6 +23,8 @@ from pathlib import Path
 
 DATASET_NAMES = ("koniq10k", "livec", "spaq", "kadid10k", "csv")
 SPLIT_CHOICES = ("auto", "train", "val", "test", "all")
+# The model outputs `iqa eval` can compare with the MOS (QualityResult attributes).
+OUTPUTS = ("score", "mos")
 REPORT_FILES = {
     "predictions": "predictions.csv",
     "metrics": "metrics.json",
@@ -83,6 +85,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ONNX Runtime intra-op threads (default: onnxruntime's choice)")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="evaluate only the first N records (a quick check)")
+    parser.add_argument(
+        "--output", default="score", choices=OUTPUTS,
+        help="which prediction to compare with the MOS: 'score' (default), the calibrated "
+        "page-scale score everyone gets, or 'mos', the raw MOS-scale prediction of v2 models "
+        "(what research papers and MODEL_CARD.md report; rank metrics are the same)",
+    )
     parser.add_argument("--logistic", default="4pl", choices=("4pl", "5pl"),
                         help="logistic mapping for the fitted PLCC/RMSE (default 4pl)")
     parser.add_argument("--n-boot", type=int, default=1000, metavar="N",
@@ -118,8 +126,16 @@ def score_records(
     batch_size: int = 16,
     workers: int = 2,
     progress: bool = True,
+    output: str = "score",
 ) -> list[Prediction]:
-    """Score every record with a QualityModel; failures become error rows, not exceptions."""
+    """Score every record with a QualityModel; failures become error rows, not exceptions.
+
+    ``output`` is ``"score"`` or ``"mos"``, the raw prediction of a model that has one."""
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
+    if output == "mos" and not model.has_mos:
+        raise ValueError(f"{model.path.name} has no 'mos' output (only model v2 and later "
+                         "do); evaluate its 'score'")
     from tqdm import tqdm
 
     from iqa.inference import QualityResult
@@ -134,7 +150,7 @@ def score_records(
         for index, result in results:
             record = records[index]
             if isinstance(result, QualityResult):
-                score, error = float(result.score), None
+                score, error = float(getattr(result, output)), None
             else:
                 score, error = None, _describe_error(result)
                 failed += 1
@@ -167,6 +183,7 @@ def evaluate_model(
     logistic: str = "4pl",
     n_boot: int = 1000,
     seed: int = 0,
+    output: str = "score",
 ) -> tuple[list[Prediction], dict]:
     """Score ``records`` and compute every metric over the images that scored.
 
@@ -175,7 +192,7 @@ def evaluate_model(
     the predictions in that case.
     """
     predictions = score_records(
-        model, records, batch_size=batch_size, workers=workers, progress=progress
+        model, records, batch_size=batch_size, workers=workers, progress=progress, output=output
     )
     return predictions, metrics_for(predictions, logistic=logistic, n_boot=n_boot, seed=seed)
 
@@ -319,10 +336,14 @@ def run(args: argparse.Namespace) -> int:
         return _fail("no records to evaluate")
 
     out_dir = Path(args.output_dir or Path("runs", "eval", f"{model.path.stem}-{args.dataset}-{split}"))
-    title = f"{model.path.name} on {args.dataset} ({split}, {len(records)} images)"
-    predictions = score_records(
-        model, records, batch_size=args.batch_size, workers=args.workers, progress=not args.quiet
-    )
+    output = "" if args.output == "score" else f" `{args.output}`"
+    title = f"{model.path.name}{output} on {args.dataset} ({split}, {len(records)} images)"
+    try:
+        predictions = score_records(model, records, batch_size=args.batch_size,
+                                    workers=args.workers, progress=not args.quiet,
+                                    output=args.output)
+    except ValueError as exc:
+        return _fail(str(exc))
     failed = [p for p in predictions if p.error is not None]
     if failed:
         print(f"iqa eval: {len(failed)} of {len(predictions)} image(s) could not be scored "
@@ -331,6 +352,7 @@ def run(args: argparse.Namespace) -> int:
     context = {
         "iqa_version": __version__,
         "model": model.info(),
+        "output": args.output,
         "dataset": {
             "name": args.dataset,
             "root": str(Path(args.root).resolve()),
