@@ -1,5 +1,14 @@
 """iqa.inference: score photos with an ONNX quality model. Needs no torch."""
 
+import os
+
+# onnxruntime's own usage telemetry looks up mobile.events.data.microsoft.com about 15 s
+# after a session starts (seen with 1.32 on Linux: `iqa serve` did, short `iqa score`
+# runs end first). Photos are scored where they are, and nothing about them or us should
+# leave the machine. Its native code reads the variable when onnxruntime is imported, so it
+# is set here, before any module of ours imports it; ORT_DISABLE_TELEMETRY=0 opts back in.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
 from importlib.metadata import PackageNotFoundError, version
 
 try:

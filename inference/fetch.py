@@ -338,8 +338,6 @@ class ImageFetcher:
     ``backend`` replaces the network backend that finally opens sockets (for tests).
     """
 
-    CHUNK_BYTES = 64 * 1024
-
     def __init__(
         self,
         policy: FetchPolicy | None = None,
@@ -388,8 +386,13 @@ class ImageFetcher:
                         current = self._redirect_target(current, location)
                         continue
                     return self._read_body(response, deadline)
+            except httpx.ConnectTimeout as exc:
+                raise FetchTimeoutError(
+                    f"{current}: no connection within {self.policy.connect_timeout:g} s") from exc
             except httpx.TimeoutException as exc:
-                raise FetchTimeoutError(f"timed out fetching {current}: {exc!r}") from exc
+                raise FetchTimeoutError(
+                    f"{current} stopped answering for more than "
+                    f"{self.policy.read_timeout:g} s") from exc
             except httpx.HTTPError as exc:
                 raise FetchConnectionError(f"could not fetch {current}: {exc!r}") from exc
             except httpx.InvalidURL as exc:
@@ -439,7 +442,10 @@ class ImageFetcher:
         try:
             # iter_raw: the bytes as they came off the wire, never decoded, so the
             # limit counts exactly what is held in memory.
-            for chunk in response.iter_raw(self.CHUNK_BYTES):
+            # No chunk size: each network read comes back at once, so the deadline is checked
+            # as often as bytes arrive. With a 64 KiB chunker, a server dripping a byte
+            # every second held the fetch for ages before the first check.
+            for chunk in response.iter_raw():
                 if len(body) + len(chunk) > limit:
                     raise DownloadTooLargeError(
                         f"{url} is larger than the limit of {limit} bytes"

@@ -116,6 +116,7 @@ class Route:
     headers: dict = field(default_factory=dict)
     send_length: bool = True  # False: no Content-Length, the body ends when the socket closes
     delay: float = 0.0  # seconds to wait before answering
+    drip: float = 0.0  # seconds between 256-byte pieces of the body (a slow server)
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -155,8 +156,12 @@ class LoopbackHTTPServer:
                     for key, value in route.headers.items():
                         self.send_header(key, value)
                     self.end_headers()
-                    for start in range(0, len(route.body), 64 * 1024):
-                        self.wfile.write(route.body[start:start + 64 * 1024])
+                    piece = 256 if route.drip else 64 * 1024
+                    for start in range(0, len(route.body), piece):
+                        self.wfile.write(route.body[start:start + piece])
+                        if route.drip:
+                            self.wfile.flush()
+                            time.sleep(route.drip)
 
         self._httpd = _QuietServer(("127.0.0.1", 0), Handler)
         if tls is not None:  # an ssl.SSLContext for the server side

@@ -43,6 +43,7 @@ def server(jpeg):
         "/big.jpg": Route(body=b"\xff" * 300_000),
         "/big-stream.jpg": Route(body=b"\xff" * 300_000, send_length=False),
         "/slow.jpg": Route(body=jpeg, delay=2.0),
+        "/drip.jpg": Route(body=jpeg, drip=0.2),  # each read well inside read_timeout
         "/gone.jpg": Route(status=410, body=b"gone", content_type="text/plain"),
         "/to-photo": Route(status=302, headers={"Location": "/photo.jpg"}),
         "/to-private": Route(status=302, headers={"Location": "http://10.0.0.1/photo.jpg"}),
@@ -233,6 +234,23 @@ def test_status_content_type_and_timeout(guard, server):
         with pytest.raises(UnsupportedContentTypeError):
             fetcher.fetch(server.url("/drawing.svg"))
         with pytest.raises(FetchTimeoutError):
+            fetcher.fetch(server.url("/slow.jpg"))
+
+
+def test_a_server_that_drips_its_body_hits_the_total_timeout(guard, server, jpeg):
+    """Every read arrives inside read_timeout, so only the total deadline can stop it: it
+    must be checked as bytes arrive, not once per 64 KiB (the whole body here)."""
+    import time
+
+    policy = FetchPolicy(allowed_networks=("127.0.0.1/32",), read_timeout=0.5,
+                         total_timeout=1.0)
+    assert len(jpeg) / 256 * 0.2 > 5  # the whole body would take over 5 s
+    with ImageFetcher(policy) as fetcher:
+        started = time.monotonic()
+        with pytest.raises(FetchTimeoutError, match="took longer than 1 s"):
+            fetcher.fetch(server.url("/drip.jpg"))
+        assert time.monotonic() - started < 3.0
+        with pytest.raises(FetchTimeoutError, match="stopped answering for more than 0.5 s"):
             fetcher.fetch(server.url("/slow.jpg"))
 
 
