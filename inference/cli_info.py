@@ -47,7 +47,8 @@ def format_info(info: dict) -> str:
         f"training data       {info['training_data'] or '-'}",
         f"created             {info['created'] or '-'}",
         f"license             {info['license'] or '-'}",
-        "validation metrics  " + _metrics(info["validation_metrics"]),
+        "validation metrics  " + (_metrics(info["validation_metrics"]) if
+                                  info["validation_metrics"] else _no_metrics(info)),
         "preprocessing       "
         f"shorter side {prep['shorter_side']} px, longer side <= {prep['max_longer_side']} px, "
         + (f"<= {prep['pixel_budget']:,} pixels, " if prep.get("pixel_budget") else "")
@@ -62,8 +63,30 @@ def format_info(info: dict) -> str:
     lines.append("providers           " + ", ".join(info["providers"]))
     lines.append("available           " + ", ".join(info.get("available_providers", [])))
     for key, value in sorted(info.get("other_metadata", {}).items()):
-        lines.append(f"{key:<20}{value}")
+        lines.append(f"{key:<20}{_calibration(value) if key == CALIBRATION_KEY else value}")
     return "\n".join(lines)
+
+
+CALIBRATION_KEY = "iqa.calibration"
+
+
+def _no_metrics(info: dict) -> str:
+    # A model trained on every rated image has no held-out figure to carry; its recipe's
+    # cross-validation is in its model card.
+    if "0 val images" in (info.get("training_data") or ""):
+        return "- (trained on every rated image; cross-validated figures: MODEL_CARD.md)"
+    return "-"
+
+
+def _calibration(value: str) -> str:
+    """The knots in one line: how many, and the ranges they map (--json has them all)."""
+    try:
+        knots = json.loads(value)
+        xs, ys = knots["knots_x"], knots["knots_y"]
+        return (f"{len(xs)} knots, mos {xs[0]:.3f}-{xs[-1]:.3f} -> score "
+                f"{ys[0]:.3f}-{ys[-1]:.3f}, increasing (all knots: --json)")
+    except (ValueError, KeyError, TypeError, IndexError):
+        return value
 
 
 def _floats(values) -> str:

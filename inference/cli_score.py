@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
 FORMATS = ("table", "json", "jsonl", "csv")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")  # RFC 3986's scheme, then //
 _FORMAT_BY_SUFFIX = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 
 
@@ -86,8 +88,9 @@ def run(args: argparse.Namespace) -> int:
     from .errors import IQAError
     from .model import QualityModel
 
-    if args.batch_size < 1 or args.workers < 0:
-        print("iqa score: --batch-size must be >= 1 and --workers >= 0", file=sys.stderr)
+    problem = check_options(args)
+    if problem:
+        print(f"iqa score: {problem}", file=sys.stderr)
         return 2
     sources = collect_sources(args.inputs, recursive=args.recursive)
     if not sources:
@@ -101,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     except IQAError as exc:
         print(f"iqa score: {exc}", file=sys.stderr)
         return 2
-    loader = _url_loader(args.allow_private_urls) if any(map(is_url, sources)) else None
+    loader = _url_loader(args.allow_private_urls) if any(map(has_scheme, sources)) else None
     output_format = args.format or _FORMAT_BY_SUFFIX.get(Path(args.output or "").suffix, "table")
     factor_names = list(model.factor_names) if args.factors else []
     if args.factors and not factor_names:
@@ -149,8 +152,31 @@ def run(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- inputs
 
 
+def check_options(args: argparse.Namespace) -> str | None:
+    """What is wrong with the numeric options, or None. A filter that can match nothing
+    would otherwise print nothing and exit 0, as if every photo had been filtered out."""
+    if args.batch_size < 1 or args.workers < 0:
+        return "--batch-size must be >= 1 and --workers >= 0"
+    if args.threads is not None and args.threads < 1:
+        return f"--threads must be >= 1, got {args.threads}"
+    for flag, value in (("--min-score", args.min_score), ("--max-score", args.max_score)):
+        if value is not None and not 0.0 <= value <= 1.0:  # NaN fails too
+            return f"{flag} must be within [0, 1] (scores are), got {value}"
+    if args.min_score is not None and args.max_score is not None \
+            and args.min_score > args.max_score:
+        return f"--min-score {args.min_score} is above --max-score {args.max_score}"
+    if args.max_pixels is not None and not args.max_pixels >= 1:
+        return f"--max-pixels must be >= 1, got {args.max_pixels}"
+    return None
+
+
 def is_url(source: str) -> bool:
     return source.lower().startswith(("http://", "https://"))
+
+
+def has_scheme(source: str) -> bool:
+    """``ftp://...``, ``s3://...``: meant as a URL, even where it is not one we fetch."""
+    return bool(_SCHEME.match(source)) and not os.path.exists(source)
 
 
 def collect_sources(inputs: list[str], recursive: bool = False) -> list[str]:
@@ -170,21 +196,38 @@ def collect_sources(inputs: list[str], recursive: bool = False) -> list[str]:
         if is_url(item) or not os.path.isdir(item):
             sources.append(item)  # a missing file is reported as that file's error
             continue
+        found: list[str] = []
         if not recursive:
             names = sorted(e.name for e in os.scandir(item) if e.is_file() and is_image(e.name))
-            sources.extend(os.path.join(item, n) for n in names)
-            continue
-        for root, dirs, files in os.walk(item):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            sources.extend(os.path.join(root, n) for n in sorted(files) if is_image(n))
+            found.extend(os.path.join(item, n) for n in names)
+        else:
+            for root, dirs, files in os.walk(item):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                # isfile, as is_file above: a dangling link is skipped in both modes
+                found.extend(path for path in (os.path.join(root, n) for n in sorted(files))
+                             if is_image(os.path.basename(path)) and os.path.isfile(path))
+        if not found and len(inputs) > 1:
+            hint = "" if recursive else " (-r also looks in sub-folders)"
+            print(f"iqa score: {item}: no images{hint}", file=sys.stderr)
+        sources.extend(found)
     return sources
 
 
 def _url_loader(allow_private: bool):
-    from .fetch import FetchPolicy, fetch_url
+    from .fetch import FetchPolicy, InvalidURLError, fetch_url
 
     policy = FetchPolicy(allow_private=allow_private)
-    return lambda source: fetch_url(source, policy) if is_url(source) else source
+
+    def load(source: str):
+        if is_url(source):
+            return fetch_url(source, policy)
+        if has_scheme(source):
+            scheme = source.partition("://")[0]
+            raise InvalidURLError(f"{source}: unsupported URL scheme {scheme!r}; iqa fetches "
+                                  "http:// and https:// URLs and reads local files")
+        return source
+
+    return load
 
 
 def _split(text: str | None) -> list[str] | None:
@@ -326,16 +369,26 @@ class TableWriter:
         self.out.write("\n".join(lines) + "\n")
 
     def _cells(self, row: dict) -> list[str]:
+        path = printable(row["path"])
         if row["status"] == "error":
             blank = [""] * (2 + len(self.factor_names))
             # The message names the file already, and so does the first column.
             message = row["error"].removeprefix(f"{row['path']}: ")
-            return [row["path"], *blank, f"error: {message}"]
+            return [path, *blank, f"error: {printable(message)}"]
         factors = row.get("factors") or {}
         return [
-            row["path"],
+            path,
             f"{row['score']:.3f}",
             row["bucket"],
             *(f"{factors[n]:.3f}" if n in factors else "" for n in self.factor_names),
             "ok",
         ]
+
+
+def printable(text: str) -> str:
+    """Control characters escaped (``\\x1b``, ``\\n``): a file name must not break the table
+    into lines or send escape sequences to the terminal. Only the table does this; the
+    machine formats keep names exact."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

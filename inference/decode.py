@@ -158,9 +158,14 @@ def _from_encoded(source, label, max_pixels, min_side, target_shorter_side) -> I
 
 def _bomb_message(label: str, exc: Exception, max_pixels: int | None) -> str:
     found = re.search(r"\((\d+) pixels\)", str(exc))
-    size = f"{int(found.group(1)) / 1e6:.1f} MP" if found else "too many pixels"
+    size = _pixels(int(found.group(1))) if found else "too many pixels"
     limit = max_pixels if max_pixels is not None else 2 * Image.MAX_IMAGE_PIXELS
-    return f"{label}: {size}, more than the limit of {limit / 1e6:.1f} MP"
+    return f"{label}: {size}, more than the limit of {_pixels(limit)}"
+
+
+def _pixels(count: float) -> str:
+    """12.0 MP, or 120,000 pixels where one decimal of a megapixel would read as 0.1."""
+    return f"{count / 1e6:.1f} MP" if count >= 1e6 else f"{int(count):,} pixels"
 
 
 def _head(source, size: int = 512) -> bytes:
@@ -180,6 +185,8 @@ def _sniff(head: bytes) -> str:
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     if b"<svg" in text or (text.startswith(b"<?xml") and b"svg" in text):
         return "SVG vector graphics (rasterise it first)"
+    if head.startswith(b"%PDF-"):
+        return "a PDF document (export its pages as images first)"
     if text.startswith((b"<!doctype html", b"<html")):
         return "an HTML page"
     if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
@@ -204,8 +211,8 @@ def _check_size(size: tuple[int, int], label: str, max_pixels: int | None, min_s
     width, height = size
     if max_pixels is not None and width * height > max_pixels:
         raise ImageTooLargeError(
-            f"{label}: {width}x{height} is {width * height / 1e6:.1f} MP, more than the "
-            f"limit of {max_pixels / 1e6:.1f} MP"
+            f"{label}: {width}x{height} is {_pixels(width * height)}, more than the "
+            f"limit of {_pixels(max_pixels)}"
         )
     if min(width, height) < min_side:
         raise ImageTooSmallError(

@@ -310,25 +310,28 @@ def validate_url(url: str, policy: FetchPolicy) -> httpx.URL:
     except (httpx.InvalidURL, ValueError, TypeError) as exc:
         raise InvalidURLError(f"malformed URL {url!r}: {exc}") from exc
     if parsed.scheme not in ALLOWED_SCHEMES:
-        shown = parsed.scheme or "(none)"
-        raise InvalidURLError(f"only http and https URLs can be fetched, not scheme {shown!r}")
+        if not parsed.scheme:
+            raise InvalidURLError(f"{url!r} is not an absolute URL: it needs http:// or "
+                                  "https:// and a host")
+        raise InvalidURLError(
+            f"only http and https URLs can be fetched, not scheme {parsed.scheme!r}")
     if not parsed.host:
         raise InvalidURLError(f"the URL {url!r} has no host")
     return parsed
 
 
-def check_content_type(content_type: str | None) -> None:
+def check_content_type(content_type: str | None, url: str = "the URL") -> None:
     """Refuse bodies whose declared type cannot be a raster image."""
     if not content_type:
         return  # undeclared: let the decoder decide
     mime = content_type.split(";", 1)[0].strip().lower()
     if mime in NON_RASTER_IMAGE_TYPES:
         raise UnsupportedContentTypeError(
-            f"the URL serves {mime!r}; vector images are not supported"
+            f"{url} serves {mime!r}; vector images are not supported"
         )
     if mime.startswith("image/") or mime in GENERIC_BINARY_TYPES:
         return
-    raise UnsupportedContentTypeError(f"the URL serves {mime!r}, not an image")
+    raise UnsupportedContentTypeError(f"{url} serves {mime!r}, not an image")
 
 
 class ImageFetcher:
@@ -423,7 +426,7 @@ class ImageFetcher:
                 f"{url} answered HTTP {response.status_code}", status=response.status_code
             )
         content_type = response.headers.get("content-type")
-        check_content_type(content_type)
+        check_content_type(content_type, url)
         limit = self.policy.max_bytes
         declared = response.headers.get("content-length")
         if declared is not None and declared.strip().isdigit() and int(declared) > limit:

@@ -7,7 +7,11 @@ import functools
 import http.server
 import io
 import json
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -201,3 +205,83 @@ def test_info_text_and_json(capsys, tiny_model_path, tiny_model_no_factors_path)
     assert info["factor_names"] == [] and [o["name"] for o in info["outputs"]] == ["score"]
     assert main(["info", "--model", "/nonexistent/model.onnx"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--min-score", "nan"], "--min-score must be within [0, 1]"),
+    (["--max-score", "1.5"], "--max-score must be within [0, 1]"),
+    (["--min-score", "0.8", "--max-score", "0.2"], "is above --max-score"),
+    (["--threads", "-2"], "--threads must be >= 1"),
+    (["--max-pixels", "0"], "--max-pixels must be >= 1"),
+])
+def test_options_that_could_only_print_nothing_are_refused(capsys, folder, tiny_model_path,
+                                                           options, message):
+    code, out, err = score(capsys, folder / "a.jpg", "--model", tiny_model_path, *options)
+    assert code == 2 and out == "" and message in err
+
+
+def test_urls_of_other_schemes_are_refused_by_name(capsys, tmp_path, tiny_model_path):
+    code, out, _ = score(capsys, "ftp://example.com/a.jpg", "s3://bucket/b.jpg",
+                         "--model", tiny_model_path, "--format", "jsonl")
+    errors = [json.loads(line)["error"] for line in out.splitlines()]
+    assert code == 1 and [e["type"] for e in errors] == ["InvalidURLError"] * 2
+    assert "unsupported URL scheme 'ftp'" in errors[0]["message"]
+    assert "unsupported URL scheme 's3'" in errors[1]["message"]
+
+
+def test_an_empty_folder_among_inputs_is_named(capsys, folder, tmp_path, tiny_model_path):
+    empty = tmp_path / "nothing-here"
+    empty.mkdir()
+    code, out, err = score(capsys, folder / "a.jpg", empty, "--model", tiny_model_path)
+    assert code == 0 and "a.jpg" in out
+    assert f"{empty}: no images (-r also looks in sub-folders)" in err
+
+
+def test_file_names_cannot_break_the_table_but_stay_exact_elsewhere(capsys, tmp_path, photo,
+                                                                    tiny_model_path):
+    odd = tmp_path / "esc\x1b[31mred\nline.png"
+    Image.fromarray(photo[:64, :64]).save(odd)
+    code, out, _ = score(capsys, odd, "--model", tiny_model_path)
+    assert code == 0 and "\x1b" not in out and "esc\\x1b[31mred\\nline.png" in out
+    assert len(out.splitlines()) == 2  # header and one row
+    code, out, _ = score(capsys, odd, "--model", tiny_model_path, "--format", "jsonl")
+    assert json.loads(out)["path"] == str(odd)
+
+
+def test_dangling_links_are_skipped_with_or_without_recursion(capsys, tmp_path, photo,
+                                                              tiny_model_path):
+    Image.fromarray(photo[:64, :64]).save(tmp_path / "real.png")
+    (tmp_path / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    for recursive in ([], ["-r"]):
+        code, out, _ = score(capsys, tmp_path, "--model", tiny_model_path, "--format", "jsonl",
+                             *recursive)
+        assert code == 0 and [Path(json.loads(x)["path"]).name for x in out.splitlines()] == [
+            "real.png"]
+
+
+def test_oversized_photos_are_refused_in_units_that_read(capsys, folder, tiny_model_path):
+    code, out, _ = score(capsys, folder / "b.png", "--model", tiny_model_path,
+                         "--max-pixels", "1e5", "--format", "jsonl")
+    assert code == 1 and json.loads(out)["error"]["message"].endswith(
+        "400x300 is 120,000 pixels, more than the limit of 100,000 pixels")
+
+
+def test_info_summarises_calibration_and_survives_a_closed_pipe(capsys):
+    assert main(["info"]) == 0  # the shipped v2 model: calibrated, trained on every image
+    text = capsys.readouterr().out
+    assert "knots, mos 0.000-1.000 -> score" in text and "knots_x" not in text
+    assert "trained on every rated image; cross-validated figures: MODEL_CARD.md" in text
+    done = _run_with_closed_stdout(["info"])
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+
+
+def _run_with_closed_stdout(argv: list[str]):
+    """Run `iqa ARGV | (read nothing)`: the reader has gone before iqa writes."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        return subprocess.run([sys.executable, "-c", "import sys; from iqa.inference.cli import "
+                               f"main; sys.exit(main({argv!r}))"], stdout=writer,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(writer)

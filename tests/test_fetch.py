@@ -136,6 +136,13 @@ def test_invalid_urls(url):
         validate_url(url, FetchPolicy())
 
 
+def test_invalid_url_messages_say_what_is_missing():
+    with pytest.raises(InvalidURLError, match="'notaurl' is not an absolute URL: it needs http"):
+        validate_url("notaurl", FetchPolicy())
+    with pytest.raises(InvalidURLError, match="not scheme 'ftp'"):
+        validate_url("ftp://images.example.com/a.jpg", FetchPolicy())
+
+
 # -------------------------------------------------------------------------- fetching
 def test_fetch_from_loopback_with_allowlist(guard, server, jpeg):
     backend = RecordingBackend()
@@ -229,7 +236,8 @@ def test_status_content_type_and_timeout(guard, server):
         assert info.value.status == 404 and info.value.http_status == 502
         with pytest.raises(UpstreamStatusError):
             fetcher.fetch(server.url("/gone.jpg"))
-        with pytest.raises(UnsupportedContentTypeError):
+        with pytest.raises(UnsupportedContentTypeError,
+                           match=f"{server.url('/page.html')} serves 'text/html', not an image"):
             fetcher.fetch(server.url("/page.html"))
         with pytest.raises(UnsupportedContentTypeError):
             fetcher.fetch(server.url("/drawing.svg"))

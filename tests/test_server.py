@@ -412,3 +412,22 @@ def test_serve_refuses_bad_configuration(tmp_path, monkeypatch, capsys):
     args = parser.parse_args(["--keys-file", str(tmp_path / "keys.txt")])
     assert cli.run(args) == 2
     assert "keys.txt:1" in capsys.readouterr().err
+
+
+def test_head_probes_and_every_served_path_has_its_own_metrics_label(model):
+    """Uptime monitors probe with HEAD; /openapi.json and the docs' bundled files are
+    served routes, so they are not counted as 'unmatched' like a random 404."""
+    with TestClient(create_app(model, open_settings())) as client:
+        head = client.head("/health")
+        page = client.head("/")
+        client.get("/openapi.json")
+        docs = client.get("/docs")
+        asset = next(part.split('"')[0] for part in docs.text.split('src="')[1:])
+        assert client.get(asset).status_code == 200
+        text = client.get("/metrics").text
+    assert head.status_code == 200 and page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert 'iqa_requests_total{endpoint="/health",method="HEAD",status="200"} 1' in text
+    assert 'iqa_requests_total{endpoint="/openapi.json",method="GET",status="200"} 1' in text
+    assert 'iqa_requests_total{endpoint="/docs-static",method="GET",status="200"} 1' in text
+    assert 'endpoint="unmatched"' not in text

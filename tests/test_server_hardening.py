@@ -874,3 +874,17 @@ def test_serve_rejects_a_negative_scoring_nice(capsys):
 
     assert main(["serve", "--scoring-nice", "-1", "--port", "1"]) == 2
     assert "--scoring-nice >= 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("port", "message"), [("99999", "port 99999 is outside 1-65535"),
+                                               ("0", "outside"), ("http", "not a port number")])
+def test_serve_rejects_ports_that_cannot_be_bound_as_given(capsys, monkeypatch, port, message):
+    # uvicorn took 99999 without a word and the kernel bound some other port.
+    from iqa.inference.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--port", port])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    monkeypatch.setenv("IQA_PORT", port)
+    with pytest.raises(SystemExit, match="IQA_PORT"):
+        main(["serve"])

@@ -125,7 +125,8 @@ def _request_info(request: Request) -> dict:
 
 
 def _human_bytes(n: int) -> str:
-    return f"{n / MiB:g} MiB" if n >= MiB else f"{n} bytes"
+    """32 MiB, 2.9 MiB, 812 bytes: one decimal at most, never 2.89742."""
+    return f"{n / MiB:.1f}".removesuffix(".0") + " MiB" if n >= MiB else f"{n} bytes"
 
 
 async def read_post(request: Request, max_upload: int, body_timeout: float,
@@ -385,6 +386,10 @@ def create_app(model=None, settings: ServerSettings | None = None, *, fetcher=No
             "in_flight": service.gate.in_flight,
             "capacity": service.gate.capacity,
         }
+
+    # HEAD too, for uptime monitors and load balancers (uvicorn sends no body); kept out of
+    # the schema, where a second method on one function would duplicate its operation id.
+    app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
     async def prometheus_metrics():

@@ -27,8 +27,24 @@ def _env(name: str, default=None, cast=str):
         raise SystemExit(f"iqa serve: environment variable {name}={value!r} is not valid") from None
 
 
+def _port(text: str) -> int:
+    # uvicorn does not check: port 99999 was logged as such while the kernel bound another.
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} is outside 1-65535")
+    return port
+
+
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _port_argument(text: str) -> int:
+    try:
+        return _port(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc) if "outside" in str(exc)
+                                         else f"not a port number: {text!r}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     net.add_argument("--host", default=_env("IQA_HOST", "127.0.0.1"),
                      help="interface to bind (default 127.0.0.1, loopback only; use 0.0.0.0 "
                           "to serve other machines) [IQA_HOST]")
-    net.add_argument("--port", type=int, default=_env("IQA_PORT", 8000, int),
+    net.add_argument("--port", type=_port_argument, default=_env("IQA_PORT", 8000, _port),
                      help="TCP port (default 8000) [IQA_PORT]")
     model = parser.add_argument_group("model")
     model.add_argument("--model", default=_env("IQA_MODEL"),

@@ -99,6 +99,21 @@ class Metrics:
         return "\n".join(out) + "\n"
 
 
+def _endpoint_label(scope) -> str:
+    """The route template a request matched, or UNMATCHED."""
+    route = scope.get("route")
+    if getattr(route, "path", None):
+        return route.path
+    # Starlette's own routes (/openapi.json) and mounts (/docs-static) set no "route", only
+    # the endpoint or app they matched: find its template among the app's routes.
+    endpoint, app = scope.get("endpoint"), scope.get("app")
+    if endpoint is not None:
+        for candidate in getattr(app, "routes", ()):
+            if endpoint in (getattr(candidate, "endpoint", None), getattr(candidate, "app", None)):
+                return candidate.path
+    return UNMATCHED
+
+
 class MetricsMiddleware:
     """Pure ASGI middleware: times every HTTP request and counts it by status."""
 
@@ -122,8 +137,7 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_record)
         finally:
-            route = scope.get("route")
-            endpoint = getattr(route, "path", None) or UNMATCHED
+            endpoint = _endpoint_label(scope)
             method = scope.get("method", "")
             self.metrics.observe_request(
                 endpoint, method if method in METHODS else OTHER, status,

@@ -43,7 +43,7 @@ def add_page(app: FastAPI) -> None:
     index = _read("index.html")
     assets = {name: (_read(name), media_type) for name, media_type in UI_FILES.items()}
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page(_request: Request):
         return Response(index, media_type="text/html; charset=utf-8", headers=SECURITY_HEADERS)
 
