@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,9 +72,11 @@ CALIBRATION_KEY = "iqa.calibration"
 
 
 def _no_metrics(info: dict) -> str:
-    # A model trained on every rated image has no held-out figure to carry; its recipe's
-    # cross-validation is in its model card.
-    if "0 val images" in (info.get("training_data") or ""):
+    # The shipped model saw every rated image, so it has no held-out figure to carry; its
+    # recipe's cross-validation is in the model card.
+    from .model import default_model_path
+
+    if Path(info["path"]).resolve() == default_model_path().resolve():
         return "- (trained on every rated image; cross-validated figures: MODEL_CARD.md)"
     return "-"
 
