@@ -40,11 +40,12 @@ def _env_flag(name: str) -> bool:
 
 
 def _port_argument(text: str) -> int:
+    if not text.strip().lstrip("+-").isdigit():
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}")
     try:
         return _port(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc) if "outside" in str(exc)
-                                         else f"not a port number: {text!r}") from None
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
