@@ -9,10 +9,14 @@ made; a control run with telemetry switched back on proves the recorder sees the
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -71,23 +75,35 @@ def _run_isolated(tmp: Path, name: str, telemetry_env: str | None, seconds: floa
     script = (
         f"mount --bind {tmp / 'resolv.conf'} /etc/resolv.conf && ip link set lo up && "
         f"{{ {sys.executable} {tmp / 'recorder.py'} {log} & }} && sleep 0.5 && "
-        f"{env}{sys.executable} {tmp / 'scorer.py'} {seconds}; status=$?; kill %1; exit $status"
+        f"exec env {env}{sys.executable} {tmp / 'scorer.py'} {seconds}"
     )
-    process = subprocess.Popen(["unshare", "-mn", "bash", "-c", script],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Its own process group, so that the recorder dies with it when the test is done.
+    process = subprocess.Popen(["unshare", "-mn", "bash", "-c", script], text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               start_new_session=True)
     return process, log
 
 
 @pytest.mark.skipif(not _namespaces_work(), reason="needs unshare -mn (root) and ip")
 def test_scoring_looks_up_no_telemetry_host(tmp_path):
-    seconds = 25.0  # past the ~15 s after which onnxruntime's telemetry first reports
-    runs = {name: _run_isolated(tmp_path, name, env, seconds)
+    runs = {name: _run_isolated(tmp_path, name, env, seconds=90)
             for name, env in (("iqa", None), ("control", "0"))}
-    for name, (process, _) in runs.items():
-        out, err = process.communicate(timeout=seconds + 60)
-        assert process.returncode == 0 and "scored" in out, (name, err[-2000:])
-    looked_up = {name: log.read_text().split() for name, (_, log) in runs.items()}
-    assert any(TELEMETRY_HOST in host for host in looked_up["control"]), (
-        "the recorder saw no telemetry even with it switched on, so this test proves "
-        f"nothing on this onnxruntime: {looked_up['control']}")
-    assert looked_up["iqa"] == [], looked_up["iqa"]
+    control_log = runs["control"][1]
+    try:
+        # Both started together: once the control has reported (about 15 s in), ours has
+        # had as long to do the same; 5 s more for margin.
+        deadline = time.monotonic() + 75
+        while time.monotonic() < deadline and TELEMETRY_HOST not in control_log.read_text():
+            time.sleep(0.5)
+        if TELEMETRY_HOST not in control_log.read_text():
+            pytest.skip("this onnxruntime sent no telemetry even when allowed to: "
+                        "nothing to switch off")
+        time.sleep(5)
+        for name, (process, _) in runs.items():  # both still scoring, not crashed early
+            assert process.poll() is None, (name, process.communicate()[1][-2000:])
+    finally:
+        for process, _ in runs.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    assert runs["iqa"][1].read_text().split() == []
