@@ -13,6 +13,8 @@ import re
 import sys
 from pathlib import Path
 
+from .server.logsafe import escape_control
+
 FORMATS = ("table", "json", "jsonl", "csv")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")  # RFC 3986's scheme, then //
 _FORMAT_BY_SUFFIX = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
@@ -369,12 +371,14 @@ class TableWriter:
         self.out.write("\n".join(lines) + "\n")
 
     def _cells(self, row: dict) -> list[str]:
-        path = printable(row["path"])
+        # A file name must not break the table into lines or send escape sequences to the
+        # terminal; the machine formats keep names exact.
+        path = escape_control(row["path"])
         if row["status"] == "error":
             blank = [""] * (2 + len(self.factor_names))
             # The message names the file already, and so does the first column.
             message = row["error"].removeprefix(f"{row['path']}: ")
-            return [path, *blank, f"error: {printable(message)}"]
+            return [path, *blank, f"error: {escape_control(message)}"]
         factors = row.get("factors") or {}
         return [
             path,
@@ -383,12 +387,3 @@ class TableWriter:
             *(f"{factors[n]:.3f}" if n in factors else "" for n in self.factor_names),
             "ok",
         ]
-
-
-def printable(text: str) -> str:
-    """Control characters escaped (``\\x1b``, ``\\n``): a file name must not break the table
-    into lines or send escape sequences to the terminal. Only the table does this; the
-    machine formats keep names exact."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -242,7 +242,7 @@ def test_file_names_cannot_break_the_table_but_stay_exact_elsewhere(capsys, tmp_
     odd = tmp_path / "esc\x1b[31mred\nline.png"
     Image.fromarray(photo[:64, :64]).save(odd)
     code, out, _ = score(capsys, odd, "--model", tiny_model_path)
-    assert code == 0 and "\x1b" not in out and "esc\\x1b[31mred\\nline.png" in out
+    assert code == 0 and "\x1b" not in out and "esc\\x1b[31mred\\x0aline.png" in out
     assert len(out.splitlines()) == 2  # header and one row
     code, out, _ = score(capsys, odd, "--model", tiny_model_path, "--format", "jsonl")
     assert json.loads(out)["path"] == str(odd)
