@@ -103,3 +103,45 @@ def test_bad_inputs_exit_2_with_a_message(tmp_path, trained, capsys):
                  "--photos", str(tmp_path / "missing")]) == 2
     assert "not a folder" in capsys.readouterr().err
     assert not (tmp_path / "o.pt").exists()
+
+
+def test_pixel_budget_is_fitted_under_and_exported(trained, tmp_path, fake_root):  # noqa: F811
+    # A serving budget chosen at calibration: the fit sees the budgeted views, and the
+    # exported file carries the same policy, so the knots match what ONNX users feed.
+    from iqa.inference.contract import Preprocessing
+    from iqa.training.calibrate import calibrated_model, predict_mos
+
+    state = torch.load(trained, weights_only=False)
+    trained_policy = Preprocessing.from_json(json.dumps(state["preprocessing"]))
+    budget = 64 * 64
+    out = tmp_path / "budget.pt"
+    assert main(["calibrate", str(trained), "-o", str(out), "--threads", "1",
+                 "--no-progress", "--pixel-budget", str(budget)]) == 0
+    calibrated_state = torch.load(out, weights_only=False)
+    assert calibrated_state["metadata"]["calibration"]["pixel_budget"] == budget
+    policy = Preprocessing.from_json(json.dumps(calibrated_state["preprocessing"]))
+    assert policy.pixel_budget == budget
+    assert policy.shorter_side == trained_policy.shorter_side  # only the budget changes
+
+    photos = sorted(p for p in (fake_root / "pristine").rglob("*.jpg") if "bsds500" not in str(p))
+    samples = [(s[0], s[1]) for s in calibration_samples(photos, 3, 0)]
+    height, width = samples[0][0].shape[:2]
+    assert policy.target_size(width, height) != trained_policy.target_size(width, height)
+    model = calibrated_model(calibrated_state)
+    assert model.preprocessing == policy
+    mos = predict_mos(model, samples, progress=False)
+    report = calibrated_state["metadata"]["calibration"]
+    assert report["by_distortion"]["clean"]["median_mos"] == pytest.approx(
+        float(np.median(mos[[i for i, s in enumerate(calibration_samples(photos, 3, 0))
+                             if s[3] == "clean"]])), abs=1e-3)
+
+    onnx_path = tmp_path / "budget.onnx"
+    assert main(["export", str(out), "-o", str(onnx_path)]) == 0
+    assert QualityModel(onnx_path).preprocessing == policy
+
+
+def test_a_pixel_budget_below_one_cell_exits_2(trained, tmp_path, capsys):
+    assert main(["calibrate", str(trained), "-o", str(tmp_path / "o.pt"),
+                 "--pixel-budget", "100"]) == 2
+    assert "pixel_budget must be at least" in capsys.readouterr().err
+    assert not (tmp_path / "o.pt").exists()

@@ -17,7 +17,9 @@ prediction as ``mos``. A monotone map changes no ranking, so SRCC is the same fo
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--knots", type=int, default=10,
                         help="quantile knots of the baked-in curve (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the strengths drawn")
+    parser.add_argument("--pixel-budget", type=int, metavar="PIXELS",
+                        help="serve the model with views of at most this many pixels "
+                        "(e.g. 196608 = 384 x 512; the contract's `pixel_budget`): the "
+                        "calibration is fitted under that policy and `iqa export` writes "
+                        "it into the file. Photos whose training view fits the budget "
+                        "(LIVE Challenge's 500 x 500 at 448 px) are seen as in training; "
+                        "larger ones are seen smaller, at the cost of a smaller view. "
+                        "Default: the policy the run trained with")
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -150,6 +160,10 @@ def run(args: argparse.Namespace) -> int:
         if (checkpoint.get("model_kwargs") or {}).get("architecture") == "multiview":
             raise ValueError("v2 multi-view models are calibrated by `iqa train` itself")
         model = calibrated_model(checkpoint)
+        if args.pixel_budget is not None:
+            # The serving policy is chosen here, not at export: the calibration must be
+            # fitted on the views the exported file will see.
+            model.preprocessing = replace(model.preprocessing, pixel_budget=args.pixel_budget)
         root, photos = training_photos(checkpoint, args.photos, args.subsets)
     except (FileNotFoundError, KeyError, ValueError, ConfigError, ExportError) as exc:
         print(f"iqa calibrate: {exc}", file=sys.stderr)
@@ -183,7 +197,11 @@ def run(args: argparse.Namespace) -> int:
               "knots_x": knots[0], "knots_y": knots[1],
               "srcc_mos_vs_target": round(float(spearmanr(mos, targets)[0]), 4),
               "by_distortion": summarise(names, targets, mos, score)}
+    if args.pixel_budget is not None:
+        report["pixel_budget"] = args.pixel_budget
     out = weights_checkpoint(checkpoint, model, {"calibration": report})
+    if args.pixel_budget is not None:
+        out["preprocessing"] = json.loads(model.preprocessing.to_json())
     args.output.parent.mkdir(parents=True, exist_ok=True)
     torch.save(out, args.output)
     plot = args.output.with_suffix(".png")
