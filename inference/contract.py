@@ -45,8 +45,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # the shorter side to SHORTER_SIDE (downscaling only is not enough: tiny images must be
 # brought to the same scale too). The longer side is capped so panoramas stay tractable.
 # The default is v1's 320 (51 img/s end to end on 2 CPU cores when it was chosen). A recipe
-# may raise it: the shipped v2 uses 384, 1.48x the pixels, which ranks better and still
-# meets the 30 img/s goal (BENCHMARKS.md, scripts/benchmark_inference.py).
+# may raise it: the shipped v2.1 uses 448 under a pixel budget of 384 x 512 (1.48x v1's
+# pixels for a 4:3 photo), which ranks better and still meets the 30 img/s goal
+# (BENCHMARKS.md, scripts/benchmark_inference.py).
 SHORTER_SIDE = 320
 MAX_LONGER_SIDE = 1024
 

@@ -41,7 +41,7 @@ from .decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageSource
 from .errors import IQAError, ModelLoadError
 from .preprocess import decode_for_model, normalise_pixels, to_model_inputs, to_model_pixels
 
-DEFAULT_MODEL_NAME = "iqa-lite0-v2.onnx"
+DEFAULT_MODEL_NAME = "iqa-lite0-v2.1.onnx"
 
 # One prepared image: every model input by ONNX input name (see ``QualityModel.prepare``).
 Prepared = dict[str, np.ndarray]

@@ -60,7 +60,7 @@ def test_the_metadata_says_what_the_model_was_trained_on(model):
         assert "absolute page-scale levels" in text
 
 
-@_known_gap("clean photos average 0.73 (0.53-0.84; v1: 0.67)")
+@_known_gap("clean photos average 0.76 (0.60-0.86; v2.0: 0.73, v1: 0.67)")
 def test_clean_photos_score_high(model, photos):
     scores = _scores(model, photos.values())
     assert scores.mean() > 0.8, dict(zip(photos, scores.round(3), strict=True))
@@ -72,21 +72,23 @@ def test_strong_whole_frame_blur_is_very_poor_for_most_photos(model, photos, nam
     assert np.median(scores) < 0.25, scores.round(3)
 
 
-@_known_gap("median < 0.25, but chelsea 0.26 and the coffee cup 0.30-0.37 (v1: 0.41-0.46)")
+@_known_gap("median < 0.25, but chelsea 0.31-0.33 and the coffee cup 0.36-0.41 (v2.0: 0.26 "
+            "and 0.30-0.37, v1: 0.41-0.46)")
 @pytest.mark.parametrize("name", ["gaussian_blur", "defocus_blur"])
 def test_strong_whole_frame_blur_is_very_poor(model, photos, name):
     scores = _scores(model, _distorted(photos, name, 0.8))
     assert scores.max() < 0.25, scores.round(3)
 
 
-@_known_gap("2 EV under / 1.5 EV over cost little: medians 0.61 / 0.62, clean 0.73")
+@_known_gap("2 EV under / 1.5 EV over cost little: medians 0.63 / 0.64, clean 0.76 (v2.0: "
+            "0.61 / 0.62, clean 0.73)")
 @pytest.mark.parametrize("name", ["underexposure", "overexposure"])
 def test_bad_exposure_lands_in_the_poor_to_decent_band(model, photos, name):
     scores = _scores(model, _distorted(photos, name, 0.5))
     assert 0.3 <= np.median(scores) <= 0.55, scores.round(3)
 
 
-# v1 missed this band by 0.002 (median 0.552); v2 lands at 0.50.
+# v1 missed this band by 0.002 (median 0.552); v2.0 lands at 0.50, v2.1 at 0.51.
 def test_night_flare_lands_in_the_poor_to_decent_band(model, photos):
     scores = _scores(model, checks.night_flare(photos))
     assert 0.3 <= np.median(scores) <= 0.55, scores.round(3)
@@ -114,7 +116,7 @@ def test_every_family_lowers_the_score(model, photos, name):
     assert distorted.mean() < clean.mean(), (distorted.round(3), clean.round(3))
 
 
-@_known_gap("2 of 40 photo x family rows rise, both at overexposure 0.25: chelsea 0.525 to "
-            "0.546, rocket 0.715 to 0.726")
+@_known_gap("2 of 40 photo x family rows rise, both at overexposure 0.25: chelsea 0.595 to "
+            "0.616, rocket 0.679 to 0.703 (v2.0: the same two rows)")
 def test_score_is_monotone_in_every_family(model, photos):
     assert checks.reversals(model, photos) == []

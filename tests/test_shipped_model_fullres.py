@@ -77,18 +77,19 @@ def test_the_distortions_are_real(photos):
     assert abs(float(np.std(noisy[midtones].astype(np.float32) - image[midtones])) - 12.0) < 0.5
 
 
-@_known_gap("sigma 3 px blur: median 0.58 (0.42-0.66; v1 0.69); the 384 px view hides it")
+@_known_gap("sigma 3 px blur: median 0.58 (0.38-0.73; v2.0 0.58, v1 0.69); a 576 x 352 view "
+            "of a 2560 x 1600 photo hides it")
 def test_sigma_3_blur_at_full_resolution_is_below_half(scores):
     assert np.median(scores["blur 3"]) < 0.5, _table(scores)
 
 
-@_known_gap("sigma 1.5 px blur costs a median 0.049 (v1 0.028)")
+@_known_gap("sigma 1.5 px blur costs a median 0.042 (v2.0 0.049, v1 0.028)")
 def test_sigma_1_5_blur_costs_at_least_0_08(scores):
     drop = scores["clean"] - scores["blur 1.5"]
     assert np.median(drop) >= 0.08, _table(scores)
 
 
-@_known_gap("sigma 12 noise costs a median 0.031 (v1 0.020)")
+@_known_gap("sigma 12 noise costs a median 0.038 (v2.0 0.031, v1 0.020)")
 def test_sigma_12_noise_costs_at_least_0_08(scores):
     drop = scores["clean"] - scores["noise 12"]
     assert np.median(drop) >= 0.08, _table(scores)
