@@ -41,8 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "calibration is fitted under that policy and `iqa export` writes "
                         "it into the file. Photos whose training view fits the budget "
                         "(LIVE Challenge's 500 x 500 at 448 px) are seen as in training; "
-                        "larger ones are seen smaller, at the cost of a smaller view. "
-                        "Default: the policy the run trained with")
+                        "wider or larger ones get fewer pixels than the shorter side alone "
+                        "would give them. Default: the policy the run trained with")
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
