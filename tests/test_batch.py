@@ -410,17 +410,11 @@ def test_the_startup_timeline_finds_the_jobs_actors_and_tasks(ray_local, tmp_pat
                                                                tiny_model_path):
     # scripts/batch_startup_timeline.py reads Ray's own trace; this checks its reading
     # on a real job's trace, not on a hand-made one.
-    import importlib.util
     import time
 
-    path = Path(__file__).resolve().parent.parent / "scripts" / "batch_startup_timeline.py"
-    sys.path.insert(0, str(path.parent))
-    try:
-        spec = importlib.util.spec_from_file_location("batch_startup_timeline", path)
-        timeline = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(timeline)
-    finally:
-        sys.path.remove(str(path.parent))
+    from script_loader import load_script
+
+    timeline = load_script("batch_startup_timeline")
 
     _photos(photo, tmp_path / "photos", 3)
     since = time.time()

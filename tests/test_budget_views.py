@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-
-REPO = Path(__file__).resolve().parents[1]
+from script_loader import load_script
 
 
 @pytest.fixture(scope="module")
 def budget_views():
-    spec = importlib.util.spec_from_file_location("budget_views",
-                                                  REPO / "scripts" / "budget_views.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("budget_views")
 
 
 def test_only_photos_over_the_budget_change(budget_views, tmp_path, capsys):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from script_loader import load_script
 
 from iqa.inference.errors import IQAError
 from iqa.training.datasets import (
@@ -371,11 +371,7 @@ def test_spaq_missing_column_folder_and_unreadable_workbook(spaq_root):
 
 
 def load_prepare_spaq():
-    spec = importlib.util.spec_from_file_location("prepare_spaq", REPO / "scripts" / "prepare_spaq.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # worker processes unpickle its functions by module name
-    spec.loader.exec_module(module)
-    return module
+    return load_script("prepare_spaq")
 
 
 def test_prepare_spaq_resizes_upright_and_loader_uses_it(spaq_root):

@@ -167,13 +167,11 @@ def test_training_with_levels_logs_the_level_term(fake_root, feature_cache_dir, 
 
     # scripts/level_residuals.py reads the same run back: every blurred copy of the pool
     # gets a residual against its target on the run's MOS prior.
-    import importlib.util
     import json
 
-    spec = importlib.util.spec_from_file_location(
-        "level_residuals", CONFIGS.parent / "scripts" / "level_residuals.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    from script_loader import load_script
+
+    script = load_script("level_residuals")
     out = tmp_path / "residuals.json"
     assert script.main([str(run_dir / "last.pt"), "--every", "1", "--json", str(out),
                         "--threads", "1"]) == 0

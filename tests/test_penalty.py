@@ -276,19 +276,9 @@ def test_calibration_treats_detail_only_versions_as_large_photos(penalised):
 
 def _script(name: str):
     """Import scripts/<name>.py, which imports its sibling scripts by bare name."""
-    import importlib.util
-    import sys
-    from pathlib import Path
+    from script_loader import load_script
 
-    scripts = Path(__file__).resolve().parent.parent / "scripts"
-    sys.path.insert(0, str(scripts))
-    try:
-        spec = importlib.util.spec_from_file_location(name, scripts / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(scripts))
-    return module
+    return load_script(name)
 
 
 def test_the_exposure_penalty_cv_script_fits_on_training_folds_only(trained, tmp_path):

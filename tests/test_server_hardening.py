@@ -8,7 +8,6 @@ are measured by scripts/benchmark_server.py.
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import logging
 import socket
 import sys
@@ -22,6 +21,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from http_fixtures import LoopbackHTTPServer, Route, encode, png_bomb_header, uvicorn_server
+from script_loader import load_script
 
 from iqa.inference import QualityModel
 from iqa.inference.fetch import (
@@ -784,12 +784,7 @@ def test_docs_are_served_without_a_cdn(model):
 
 # -- scripts/benchmark_server.py: the server's log must not fill an unread pipe
 def load_benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark_server",
-                                                  REPO / "scripts" / "benchmark_server.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmark_server")
 
 
 @pytest.mark.slow

@@ -4,21 +4,17 @@ reads the last epoch, never the best one (which was chosen on the held-out fold)
 from __future__ import annotations
 
 import csv
-import importlib.util
 from pathlib import Path
 
 import pytest
+from script_loader import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def cv():
-    spec = importlib.util.spec_from_file_location("v1_recipe_cv",
-                                                  REPO / "scripts" / "v1_recipe_cv.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("v1_recipe_cv")
 
 
 def test_each_fold_holds_out_exactly_its_images(cv, tmp_path):
