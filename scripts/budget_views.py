@@ -41,8 +41,6 @@ def compare(paths, plain, budgeted):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dataclasses import replace
-
     from iqa.inference.contract import Preprocessing
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -56,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.folder.is_dir():
         parser.error(f"not a folder: {args.folder}")
     try:
-        plain = replace(Preprocessing(), shorter_side=args.shorter_side)
-        budgeted = replace(plain, pixel_budget=args.pixel_budget)
+        plain = Preprocessing(shorter_side=args.shorter_side)
+        budgeted = Preprocessing(shorter_side=args.shorter_side, pixel_budget=args.pixel_budget)
     except ValueError as exc:
         parser.error(str(exc))
     paths = sorted(p for p in args.folder.iterdir() if p.is_file())
