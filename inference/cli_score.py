@@ -13,6 +13,7 @@ import re
 import sys
 from pathlib import Path
 
+from .csv_safe import spreadsheet_safe
 from .server.logsafe import escape_control
 
 FORMATS = ("table", "json", "jsonl", "csv")
@@ -326,7 +327,8 @@ def _json_row(row: dict) -> dict:
 
 
 class CsvWriter:
-    """CSV with a header; factors become one column each."""
+    """CSV with a header; factors become one column each. Text cells that a spreadsheet
+    would run as a formula get a leading ``'`` (see :mod:`iqa.inference.csv_safe`)."""
 
     def __init__(self, out, factor_names: list[str]):
         import csv
@@ -334,12 +336,17 @@ class CsvWriter:
         self.factor_names = factor_names
         self.columns = ["path", "score", "bucket", *factor_names, "status", "error_type", "error"]
         self.writer = csv.DictWriter(out, fieldnames=self.columns)
-        self.writer.writeheader()
+        # The factor columns are named by the --model file's metadata, so the header is
+        # guarded too.
+        self.writer.writerow({c: spreadsheet_safe(c) for c in self.columns})
 
     def write(self, row: dict) -> None:
         flat = {k: v for k, v in row.items() if k != "factors"}
         flat.update(row.get("factors") or {})
-        self.writer.writerow(flat)
+        # Scores and factors are floats here, so only text (path, error...) is touched.
+        self.writer.writerow(
+            {k: spreadsheet_safe(v) if isinstance(v, str) else v for k, v in flat.items()}
+        )
 
     def close(self) -> None:
         pass

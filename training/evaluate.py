@@ -218,6 +218,8 @@ def metrics_for(predictions: Sequence[Prediction], **options) -> dict:
 # --- report ----------------------------------------------------------------------------
 
 def write_predictions_csv(path: Path, predictions: Sequence[Prediction]) -> None:
+    from iqa.inference.csv_safe import spreadsheet_safe
+
     fields = [f.name for f in Prediction.__dataclass_fields__.values()]
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
@@ -227,7 +229,9 @@ def write_predictions_csv(path: Path, predictions: Sequence[Prediction]) -> None
             # 10 significant digits: exact for released MOS, without float noise (0.3256110000001).
             row["mos"], row["mos_raw"] = f"{row['mos']:.10g}", f"{row['mos_raw']:.10g}"
             row["prediction"] = "" if row["prediction"] is None else f"{row['prediction']:.6f}"
-            row["error"] = row["error"] or ""
+            # Path and error are the dataset's text; the number cells must stay numbers.
+            row["path"] = spreadsheet_safe(str(row["path"]))
+            row["error"] = spreadsheet_safe(row["error"] or "")
             writer.writerow(row)
 
 
