@@ -1,0 +1,85 @@
+"""scripts/view_scale_cv.py: held-out ranking under other view sizes and a pixel budget."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from script_loader import load_script
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("timm")
+
+from test_train_fakes import (  # noqa: E402, F401  (fixtures)
+    fake_root,
+    feature_cache_dir,
+    levels_checkpoint,
+)
+
+
+@pytest.fixture(scope="module")
+def view_scale_cv():
+    return load_script("view_scale_cv")
+
+
+def test_centre_crop_keeps_the_largest_centred_landscape(view_scale_cv):
+    square = Image.new("RGB", (500, 500))
+    assert view_scale_cv.centre_crop(square, (4, 3)).size == (500, 375)
+    assert view_scale_cv.centre_crop(square, (16, 9)).size == (500, 281)
+    wide = Image.new("RGB", (900, 300))  # wider than 3:2 already: narrowed, full height
+    assert view_scale_cv.centre_crop(wide, (3, 2)).size == (450, 300)
+
+
+def test_report_scores_the_held_out_photos_under_each_view(view_scale_cv, levels_checkpoint,  # noqa: F811
+                                                           fake_root, tmp_path, capsys):  # noqa: F811
+    from scipy import stats
+
+    from iqa.training.checkpoint import load_checkpoint
+    from iqa.training.export import model_from_checkpoint
+
+    run = levels_checkpoint.parent
+    out = tmp_path / "report.json"
+    # A budget of one 32 x 32 cell binds for every crop, so the budgeted views must differ.
+    assert view_scale_cv.main([str(run), "--root", str(fake_root / "livec"),
+                               "--pixel-budget", "1024", "--scales", "32", "64",
+                               "--aspects", "4:3", "--resamples", "50",
+                               "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert "| 4:3 crop, budget |" in capsys.readouterr().out
+    fold = report["folds"][0]
+    views = fold["views"]
+    assert list(views) == ["shorter 64", "shorter 32", "4:3 crop", "4:3 crop, budget"]
+    held_out = view_scale_cv.held_out(run, fake_root / "livec", "livec")
+    assert fold["photos"] == len(held_out) and fold["policy"]["shorter_side"] == 64
+
+    # The fake photos are 80 x 64: 4:3 crops of 80 x 60, seen by the run's own policy and
+    # under the budget.
+    model = model_from_checkpoint(load_checkpoint(run / "last.pt"))
+    prep = model.preprocessing
+    assert views["4:3 crop"]["view"] == "{}x{}".format(*prep.target_size(80, 60))
+    assert views["4:3 crop, budget"]["view"] == "32x32"
+
+    # The figures are the network's own ranking of those photos.
+    images = []
+    for record in held_out:
+        with Image.open(record.path) as image:
+            images.append(image.convert("RGB"))
+    mos = np.asarray([r.mos for r in held_out])
+    pred, _ = view_scale_cv.predict(model, images, prep)
+    assert views["shorter 64"]["srcc"] == pytest.approx(stats.spearmanr(pred, mos)[0], abs=1e-4)
+    small, _ = view_scale_cv.predict(model, images, dataclasses.replace(prep, shorter_side=32))
+    delta = stats.spearmanr(small, mos)[0] - stats.spearmanr(pred, mos)[0]
+    assert views["shorter 32"]["vs_shorter 64"]["delta"] == pytest.approx(delta, abs=1e-4)
+    assert report["mean"]["shorter 32"]["srcc"] == views["shorter 32"]["srcc"]
+
+
+def test_bad_arguments_exit_2(view_scale_cv, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        view_scale_cv.main([str(tmp_path), "--root", str(tmp_path)])
+    assert exc.value.code == 2 and "has no last.pt" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        view_scale_cv.main([str(tmp_path), "--root", str(tmp_path), "--pixel-budget", "10"])
+    assert exc.value.code == 2 and "pixel_budget must be at least" in capsys.readouterr().err
