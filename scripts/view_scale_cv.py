@@ -1,10 +1,12 @@
 """How the size of the view and a serving pixel budget change ranking, on held-out folds.
 
-    python scripts/view_scale_cv.py runs/levels-s448/fold2/run runs/levels-s448/fold4/run \
-        --root ../shared/datasets/livec --pixel-budget 196608 \
-        --out docs/model_v2/view_scale_cv.json
+    python scripts/view_scale_cv.py score runs/levels-s448/fold2/run \
+        runs/levels-s448/fold4/run --root ../shared/datasets/livec \
+        --out docs/model_v2/view_scale_s448.json
+    python scripts/view_scale_cv.py compare docs/model_v2/view_scale_s448.json \
+        docs/model_v2/view_scale_s384.json --pair "4:3 crop, budget=4:3 crop"
 
-Each run is one cross-validation fold (a run directory with ``last.pt`` and the
+``score``: each run is one cross-validation fold (a run directory with ``last.pt`` and the
 ``split.csv`` it trained on). Its held-out photos are scored by its own network, never by
 one that trained on them, in two families of views:
 
@@ -12,12 +14,14 @@ one that trained on them, in two families of views:
   ranking drifts when photos are seen smaller or larger than in training;
 - **aspect**: a centred crop of each photo to 4:3, 3:2 and 16:9 (the crop keeps its MOS as
   a proxy label), seen under the run's own policy and under the same policy with the pixel
-  budget. LIVE Challenge's photos are square, where a budget of 384 x 512 changes no view
-  (scripts/budget_views.py); these crops are where it does.
+  budget (default 384 x 512). LIVE Challenge's photos are square, where that budget
+  changes no view at 448 px (scripts/budget_views.py); these crops are where it does.
 
 For each view: SRCC and PLCC against MOS, and the paired difference from the reference
 view (the training scale, or the crop without the budget) with a 95 % bootstrap interval
-over the fold's photos. Only the torch network is needed, not an export; the pixels come
+over the fold's photos; the report keeps every prediction. ``compare`` puts two recipes'
+reports of the same folds side by side: the paired SRCC difference between one view of
+each, photo for photo. Only the torch network is needed, not an export; the pixels come
 from inference's own preprocessing.
 """
 
@@ -126,7 +130,8 @@ def study_fold(run: Path, args) -> dict:
         pred, sizes = predict(model, images, prep)
         preds[name] = pred
         common = max(set(sizes), key=sizes.count)
-        views[name] = {"view": f"{common[0]}x{common[1]}", **rank_metrics(pred, mos)}
+        views[name] = {"view": f"{common[0]}x{common[1]}", **rank_metrics(pred, mos),
+                       "predictions": [round(float(p), 6) for p in pred]}
         if reference is not None:
             views[name]["vs_" + reference] = srcc_difference(pred, preds[reference], mos,
                                                              args.resamples, args.seed)
@@ -140,7 +145,9 @@ def study_fold(run: Path, args) -> dict:
         crops = [centre_crop(p, ASPECTS[name]) for p in photos]
         add(f"{name} crop", crops, plain)
         add(f"{name} crop, budget", crops, budgeted, f"{name} crop")
-    return {"run": str(run), "checkpoint": args.checkpoint, "photos": len(records),
+    return {"run": str(run), "fold": run_label(run), "checkpoint": args.checkpoint,
+            "photos": len(records), "names": [Path(r.path).name for r in records],
+            "mos": [float(m) for m in mos],
             "policy": {"shorter_side": plain.shorter_side, "pixel_budget": args.pixel_budget},
             "views": views}
 
@@ -151,7 +158,7 @@ def summary(folds: list[dict]) -> dict:
     for name in folds[0]["views"]:
         rows = [f["views"][name] for f in folds]
         entry = {k: round(float(np.mean([r[k] for r in rows])), 4) for k in ("srcc", "plcc")}
-        for key in (k for k in rows[0] if k.startswith("vs_")):
+        for key in [k for k in rows[0] if k.startswith("vs_")]:
             entry[key] = round(float(np.mean([r[key]["delta"] for r in rows])), 4)
         out[name] = entry
     return out
@@ -177,48 +184,168 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def compare(new: dict, old: dict, pairs: list[tuple[str, str]], resamples: int,
+            seed: int) -> dict:
+    """SRCC(new network's view) - SRCC(old network's view) on each fold's same photos."""
+    if [f["fold"] for f in new["folds"]] != [f["fold"] for f in old["folds"]]:
+        raise ValueError("the two reports cover different folds: "
+                         f"{[f['fold'] for f in new['folds']]} against "
+                         f"{[f['fold'] for f in old['folds']]}")
+    out = {}
+    for a, b in pairs:
+        rows = {}
+        for fa, fb in zip(new["folds"], old["folds"], strict=True):
+            if fa["names"] != fb["names"]:
+                raise ValueError(f"fold {fa['fold']}: the reports scored different photos")
+            missing = [v for v, f in ((a, fa), (b, fb)) if v not in f["views"]]
+            if missing:
+                raise ValueError(f"no view {missing[0]!r} in one of the reports")
+            rows[fa["fold"]] = {
+                "views": [fa["views"][a]["view"], fb["views"][b]["view"]],
+                **srcc_difference(np.asarray(fa["views"][a]["predictions"]),
+                                  np.asarray(fb["views"][b]["predictions"]),
+                                  np.asarray(fa["mos"]), resamples, seed)}
+        mean = round(float(np.mean([r["delta"] for r in rows.values()])), 4)
+        out[f"{a} = {b}"] = {"folds": rows, "mean_delta": mean}
+    return out
+
+
+def compare_markdown(result: dict) -> str:
+    folds = list(next(iter(result.values()))["folds"])
+    lines = ["| new view = old view | " + " | ".join(folds) + " | mean Δ SRCC |",
+             "|---|" + "---|" * (len(folds) + 1)]
+    for pair, entry in result.items():
+        cells = []
+        for fold in folds:
+            r = entry["folds"][fold]
+            ci = f" [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}]" if r["ci"] else ""
+            cells.append(f"{r['views'][0]} vs {r['views'][1]}: {r['delta']:+.4f}{ci}")
+        lines.append(f"| {pair} | " + " | ".join(cells) + f" | {entry['mean_delta']:+.4f} |")
+    return "\n".join(lines)
+
+
+def plot_reports(new: dict, old: dict, labels: tuple[str, str],
+                 pairs: list[tuple[str, str]], out: Path) -> None:
+    """Left: SRCC against the view's shorter side, one line per report (mean over its
+    folds, each fold a dot). Right: the compared views of the pairs that are not whole
+    photos (crops), side by side."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.2))
+    FigureCanvasAgg(fig)
+    scale_ax, crop_ax = fig.subplots(1, 2)
+    colours = ("tab:blue", "tab:orange")
+    for report, label, colour in zip((new, old), labels, colours, strict=True):
+        sides = sorted(int(v.split()[1]) for v in report["mean"] if v.startswith("shorter "))
+        scale_ax.plot(sides, [report["mean"][f"shorter {s}"]["srcc"] for s in sides],
+                      marker="o", color=colour, label=label)
+        for fold in report["folds"]:
+            scale_ax.scatter(sides, [fold["views"][f"shorter {s}"]["srcc"] for s in sides],
+                             color=colour, alpha=0.35, s=12)
+        scale_ax.axvline(report["folds"][0]["policy"]["shorter_side"], color=colour,
+                         linestyle=":", linewidth=1)
+    scale_ax.set_xlabel("shorter side of the view, px (dotted: the training view)")
+    scale_ax.set_ylabel("held-out SRCC (mean of folds; dots: folds)")
+    scale_ax.set_title("whole photos (square)")
+    scale_ax.legend(fontsize=8)
+    crops = [(a, b) for a, b in pairs if not a.startswith("shorter ")]
+    x = np.arange(len(crops))
+    for i, (report, label, colour) in enumerate(zip((new, old), labels, colours, strict=True)):
+        heights = [report["mean"][pair[i]]["srcc"] for pair in crops]
+        crop_ax.bar(x + (i - 0.5) * 0.4, heights, width=0.4, color=colour, label=label)
+    crop_ax.set_xticks(x, ["\n".join(p) for p in crops], fontsize=7)
+    if crops:
+        crop_ax.set_ylim(min(p.get_height() for p in crop_ax.patches) - 0.03, None)
+    crop_ax.set_ylabel("held-out SRCC (mean of folds)")
+    crop_ax.set_title("centred crops (new view / old view)")
+    crop_ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+
+
+def parse_pair(text: str) -> tuple[str, str]:
+    new, sep, old = text.partition("=")
+    if not sep or not new.strip() or not old.strip():
+        raise argparse.ArgumentTypeError(f"expected NEW_VIEW=OLD_VIEW, got {text!r}")
+    return new.strip(), old.strip()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", type=Path, nargs="+",
-                        help="fold run directories (last.pt and split.csv in each)")
-    parser.add_argument("--root", type=Path, required=True, help="the dataset's folder")
-    parser.add_argument("--dataset", default="livec", help="dataset loader (default livec)")
-    parser.add_argument("--checkpoint", default="last.pt",
-                        help="file in each run to score with (default last.pt: the CV's "
-                             "last epoch, never a selected one)")
-    parser.add_argument("--pixel-budget", type=int, default=196608,
-                        help="the serving budget in pixels (default 196608 = 384 x 512)")
-    parser.add_argument("--scales", type=int, nargs="*", default=[320, 384, 448, 512],
-                        help="shorter sides of the whole-photo views (default 320 384 448 512)")
-    parser.add_argument("--aspects", nargs="*", default=list(ASPECTS), choices=list(ASPECTS),
-                        help="centred crops to score with and without the budget")
-    parser.add_argument("--resamples", type=int, default=2000,
-                        help="bootstrap resamples per difference (0: no interval)")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    parser.add_argument("--out", type=Path, help="also write the report here as JSON")
+    commands = parser.add_subparsers(dest="command", required=True)
+    score = commands.add_parser("score", help="score fold runs' held-out photos in each view")
+    score.add_argument("runs", type=Path, nargs="+",
+                       help="fold run directories (last.pt and split.csv in each)")
+    score.add_argument("--root", type=Path, required=True, help="the dataset's folder")
+    score.add_argument("--dataset", default="livec", help="dataset loader (default livec)")
+    score.add_argument("--checkpoint", default="last.pt",
+                       help="file in each run to score with (default last.pt: the CV's "
+                            "last epoch, never a selected one)")
+    score.add_argument("--pixel-budget", type=int, default=196608,
+                       help="the serving budget in pixels (default 196608 = 384 x 512)")
+    score.add_argument("--scales", type=int, nargs="*", default=[320, 384, 448, 512],
+                       help="shorter sides of the whole-photo views (default 320 384 448 512)")
+    score.add_argument("--aspects", nargs="*", default=list(ASPECTS), choices=list(ASPECTS),
+                       help="centred crops to score with and without the budget")
+    cmp = commands.add_parser("compare", help="paired SRCC differences between two reports "
+                                              "of the same folds (two recipes' networks)")
+    cmp.add_argument("new", type=Path, help="report of the recipe to judge (`score --out`)")
+    cmp.add_argument("old", type=Path, help="report of the recipe to compare it with")
+    cmp.add_argument("--labels", nargs=2, default=("new", "old"), metavar=("NEW", "OLD"),
+                     help="names of the two recipes in the plot")
+    cmp.add_argument("--plot", type=Path, help="also draw both reports' views to this PNG")
+    cmp.add_argument("--pair", type=parse_pair, action="append", required=True,
+                     metavar="NEW_VIEW=OLD_VIEW",
+                     help='views to compare, e.g. "4:3 crop, budget=4:3 crop" (repeatable)')
+    for sub in (score, cmp):
+        sub.add_argument("--resamples", type=int, default=2000,
+                         help="bootstrap resamples per difference (0: no interval)")
+        sub.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+        sub.add_argument("--out", type=Path, help="also write the result here as JSON")
     args = parser.parse_args(argv)
+    if args.command == "compare":
+        for path in (args.new, args.old):
+            if not path.is_file():
+                cmp.error(f"no report at {path}")
+        new, old = json.loads(args.new.read_text()), json.loads(args.old.read_text())
+        try:
+            result = compare(new, old, args.pair, args.resamples, args.seed)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        write_json(args.out, result)
+        if args.plot:
+            plot_reports(new, old, tuple(args.labels), args.pair, args.plot)
+        print(compare_markdown(result))
+        return 0
     from iqa.inference.contract import Preprocessing
 
     try:
         Preprocessing(pixel_budget=args.pixel_budget)
     except ValueError as exc:
-        parser.error(str(exc))
+        score.error(str(exc))
     if any(side < 32 for side in args.scales):
-        parser.error("--scales must be at least 32 px")
+        score.error("--scales must be at least 32 px")
     for run in args.runs:
         if not (run / args.checkpoint).is_file():
-            parser.error(f"{run} has no {args.checkpoint}")
+            score.error(f"{run} has no {args.checkpoint}")
     try:
         folds = [study_fold(run, args) for run in args.runs]
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     report = {"folds": folds, "mean": summary(folds)}
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1) + "\n")
+    write_json(args.out, report)
     print(markdown(report))
     return 0
+
+
+def write_json(path: Path | None, data: dict) -> None:
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def test_report_scores_the_held_out_photos_under_each_view(view_scale_cv, levels
     run = levels_checkpoint.parent
     out = tmp_path / "report.json"
     # A budget of one 32 x 32 cell binds for every crop, so the budgeted views must differ.
-    assert view_scale_cv.main([str(run), "--root", str(fake_root / "livec"),
+    assert view_scale_cv.main(["score", str(run), "--root", str(fake_root / "livec"),
                                "--pixel-budget", "1024", "--scales", "32", "64",
                                "--aspects", "4:3", "--resamples", "50",
                                "--out", str(out)]) == 0
@@ -74,12 +74,46 @@ def test_report_scores_the_held_out_photos_under_each_view(view_scale_cv, levels
     delta = stats.spearmanr(small, mos)[0] - stats.spearmanr(pred, mos)[0]
     assert views["shorter 32"]["vs_shorter 64"]["delta"] == pytest.approx(delta, abs=1e-4)
     assert report["mean"]["shorter 32"]["srcc"] == views["shorter 32"]["srcc"]
+    assert views["shorter 32"]["predictions"] == pytest.approx(small, abs=1e-6)
+
+    # compare: one report against itself is a difference of zero; two views of it are the
+    # difference already computed inside the report.
+    cmp_out = tmp_path / "compare.json"
+    assert view_scale_cv.main(["compare", str(out), str(out), "--pair", "4:3 crop=4:3 crop",
+                               "--pair", "shorter 32=shorter 64", "--resamples", "0",
+                               "--out", str(cmp_out), "--plot", str(tmp_path / "v.png")]) == 0
+    with Image.open(tmp_path / "v.png") as plot:
+        assert plot.size[0] > 1000
+    result = json.loads(cmp_out.read_text())
+    fold_name = fold["fold"]
+    assert result["4:3 crop = 4:3 crop"]["folds"][fold_name]["delta"] == 0
+    assert result["shorter 32 = shorter 64"]["mean_delta"] == pytest.approx(delta, abs=1e-4)
+
+
+def test_compare_refuses_reports_of_other_photos(view_scale_cv, tmp_path, capsys):
+    def report(names):
+        view = {"view": "448x448", "predictions": [0.1, 0.2, 0.3, 0.4]}
+        return {"folds": [{"fold": "fold2", "names": names, "mos": [0.1, 0.3, 0.2, 0.4],
+                           "views": {"shorter 448": view}}]}
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(report(["1.jpg", "2.jpg", "3.jpg", "4.jpg"])))
+    b.write_text(json.dumps(report(["1.jpg", "2.jpg", "3.jpg", "5.jpg"])))
+    assert view_scale_cv.main(["compare", str(a), str(b), "--pair",
+                               "shorter 448=shorter 448"]) == 1
+    assert "scored different photos" in capsys.readouterr().err
+    assert view_scale_cv.main(["compare", str(a), str(a), "--pair", "shorter 448=4:3 crop"]) == 1
+    assert "no view '4:3 crop'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        view_scale_cv.main(["compare", str(a), str(a), "--pair", "no separator"])
+    assert exc.value.code == 2 and "NEW_VIEW=OLD_VIEW" in capsys.readouterr().err
 
 
 def test_bad_arguments_exit_2(view_scale_cv, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        view_scale_cv.main([str(tmp_path), "--root", str(tmp_path)])
+        view_scale_cv.main(["score", str(tmp_path), "--root", str(tmp_path)])
     assert exc.value.code == 2 and "has no last.pt" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
-        view_scale_cv.main([str(tmp_path), "--root", str(tmp_path), "--pixel-budget", "10"])
+        view_scale_cv.main(["score", str(tmp_path), "--root", str(tmp_path),
+                            "--pixel-budget", "10"])
     assert exc.value.code == 2 and "pixel_budget must be at least" in capsys.readouterr().err
