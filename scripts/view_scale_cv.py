@@ -114,7 +114,9 @@ def study_fold(run: Path, args) -> dict:
     from iqa.training.export import model_from_checkpoint
 
     model = model_from_checkpoint(load_checkpoint(run / args.checkpoint))
-    plain = model.preprocessing
+    # The run's policy without any budget (a calibrated checkpoint may carry one), so that
+    # "plain" and "budget" differ by the budget alone.
+    plain = dataclasses.replace(model.preprocessing, pixel_budget=None)
     budgeted = dataclasses.replace(plain, pixel_budget=args.pixel_budget)
     records = held_out(run, args.root, args.dataset)
     mos = np.asarray([r.mos for r in records], dtype=np.float64)
@@ -148,7 +150,8 @@ def study_fold(run: Path, args) -> dict:
     return {"run": str(run), "fold": run_label(run), "checkpoint": args.checkpoint,
             "photos": len(records), "names": [Path(r.path).name for r in records],
             "mos": [float(m) for m in mos],
-            "policy": {"shorter_side": plain.shorter_side, "pixel_budget": args.pixel_budget},
+            "policy": {"shorter_side": plain.shorter_side, "pixel_budget": args.pixel_budget,
+                       "checkpoint_pixel_budget": model.preprocessing.pixel_budget},
             "views": views}
 
 
@@ -166,7 +169,7 @@ def summary(folds: list[dict]) -> dict:
 
 def markdown(report: dict) -> str:
     folds = report["folds"]
-    head = "| view | " + " | ".join(run_label(Path(f["run"])) for f in folds)
+    head = "| view | " + " | ".join(f["fold"] for f in folds)
     lines = [head + " | mean SRCC | mean Δ SRCC |",
              "|---|" + "---|" * (len(folds) + 2)]
     for name, mean in report["mean"].items():
@@ -254,11 +257,16 @@ def plot_reports(new: dict, old: dict, labels: tuple[str, str],
     for i, (report, label, colour) in enumerate(zip((new, old), labels, colours, strict=True)):
         heights = [report["mean"][pair[i]]["srcc"] for pair in crops]
         crop_ax.bar(x + (i - 0.5) * 0.4, heights, width=0.4, color=colour, label=label)
+        for fold in report["folds"]:  # the folds' own values: the bars alone hide the spread
+            crop_ax.scatter(x + (i - 0.5) * 0.4, [fold["views"][pair[i]]["srcc"] for pair in crops],
+                            color="black", s=10, zorder=3)
     crop_ax.set_xticks(x, ["\n".join(p) for p in crops], fontsize=7)
     if crops:
-        crop_ax.set_ylim(min(p.get_height() for p in crop_ax.patches) - 0.03, None)
+        low = min(min(p.get_height() for p in crop_ax.patches),
+                  *(o.get_offsets()[:, 1].min() for o in crop_ax.collections))
+        crop_ax.set_ylim(low - 0.01, None)  # truncated: see the dots and the table's intervals
     crop_ax.set_ylabel("held-out SRCC (mean of folds)")
-    crop_ax.set_title("centred crops (new view / old view)")
+    crop_ax.set_title("centred crops (new view / old view); dots: folds")
     crop_ax.legend(fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -321,11 +329,13 @@ def main(argv: list[str] | None = None) -> int:
         print(compare_markdown(result))
         return 0
     from iqa.inference.contract import Preprocessing
+    from iqa.inference.errors import IQAError
 
     try:
         Preprocessing(pixel_budget=args.pixel_budget)
     except ValueError as exc:
         score.error(str(exc))
+    args.scales = sorted(set(args.scales))
     if any(side < 32 for side in args.scales):
         score.error("--scales must be at least 32 px")
     for run in args.runs:
@@ -333,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
             score.error(f"{run} has no {args.checkpoint}")
     try:
         folds = [study_fold(run, args) for run in args.runs]
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError, RuntimeError, IQAError) as exc:  # RuntimeError: ExportError
         print(f"error: {exc}", file=sys.stderr)
         return 1
     report = {"folds": folds, "mean": summary(folds)}

@@ -19,8 +19,8 @@ from iqa.training.evaluate import Prediction, write_predictions_csv
 
 APP_JS = Path(__file__).parents[1] / "inference" / "server" / "static" / "app.js"
 
-# Names that Excel or LibreOffice would evaluate, one per trigger a file name can start with
-# (no "/" in them: a file name cannot hold one).
+# Names that Excel or LibreOffice would evaluate, one per printable trigger (no "/" in them:
+# a file name cannot hold one). Tab and carriage return are only unit-tested.
 FORMULA_NAMES = ['=HYPERLINK("x")+1.jpg', "@SUM(1+1).jpg", "+1+2.jpg", "-3+4.jpg"]
 
 

@@ -53,6 +53,7 @@ def test_report_scores_the_held_out_photos_under_each_view(view_scale_cv, levels
     views = fold["views"]
     assert list(views) == ["shorter 64", "shorter 32", "4:3 crop", "4:3 crop, budget"]
     held_out = view_scale_cv.held_out(run, fake_root / "livec", "livec")
+    assert fold["policy"]["checkpoint_pixel_budget"] is None
     assert fold["photos"] == len(held_out) and fold["policy"]["shorter_side"] == 64
 
     # The fake photos are 80 x 64: 4:3 crops of 80 x 60, seen by the run's own policy and
@@ -88,6 +89,17 @@ def test_report_scores_the_held_out_photos_under_each_view(view_scale_cv, levels
     fold_name = fold["fold"]
     assert result["4:3 crop = 4:3 crop"]["folds"][fold_name]["delta"] == 0
     assert result["shorter 32 = shorter 64"]["mean_delta"] == pytest.approx(delta, abs=1e-4)
+
+
+def test_srcc_difference_interval_is_paired_and_seeded(view_scale_cv):
+    rng = np.random.default_rng(0)
+    mos = rng.uniform(0, 1, 60)
+    better, worse = mos + rng.normal(0, 0.1, 60), mos + rng.normal(0, 0.4, 60)
+    first = view_scale_cv.srcc_difference(better, worse, mos, 200, seed=3)
+    assert first == view_scale_cv.srcc_difference(better, worse, mos, 200, seed=3)
+    low, high = first["ci"]
+    assert 0 < low <= first["delta"] <= high  # the far less noisy prediction ranks better
+    assert view_scale_cv.srcc_difference(better, worse, mos, 0, seed=3)["ci"] is None
 
 
 def test_compare_refuses_reports_of_other_photos(view_scale_cv, tmp_path, capsys):
