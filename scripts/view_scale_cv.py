@@ -21,8 +21,8 @@ For each view: SRCC and PLCC against MOS, and the paired difference from the ref
 view (the training scale, or the crop without the budget) with a 95 % bootstrap interval
 over the fold's photos; the report keeps every prediction. ``compare`` puts two recipes'
 reports of the same folds side by side: the paired SRCC difference between one view of
-each, photo for photo. Only the torch network is needed, not an export; the pixels come
-from inference's own preprocessing.
+each, photo for photo. Only the torch network is needed, not an export; decoding, resize
+and normalisation are inference's own.
 """
 
 from __future__ import annotations
@@ -107,9 +107,9 @@ def run_label(run: Path) -> str:
 
 
 def study_fold(run: Path, args) -> dict:
-    from PIL import Image
     from tqdm import tqdm
 
+    from iqa.inference.decode import decode_image
     from iqa.training.checkpoint import load_checkpoint
     from iqa.training.export import model_from_checkpoint
 
@@ -120,10 +120,8 @@ def study_fold(run: Path, args) -> dict:
     budgeted = dataclasses.replace(plain, pixel_budget=args.pixel_budget)
     records = held_out(run, args.root, args.dataset)
     mos = np.asarray([r.mos for r in records], dtype=np.float64)
-    photos = []
-    for record in tqdm(records, desc=f"{run_label(run)}: decoding", unit="img", mininterval=2):
-        with Image.open(record.path) as image:
-            photos.append(image.convert("RGB"))
+    photos = [decode_image(record.path) for record in
+              tqdm(records, desc=f"{run_label(run)}: decoding", unit="img", mininterval=2)]
 
     views: dict[str, dict] = {}
     preds: dict[str, np.ndarray] = {}
