@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 from http_fixtures import LoopbackHTTPServer, Route, encode, uvicorn_server
 
 from iqa.inference import QualityModel
+from iqa.inference.contract import bucket_for
 from iqa.inference.fetch import FetchPolicy
 from iqa.inference.server import cli
 from iqa.inference.server.app import OPEN_SERVER_WARNING, create_app
@@ -124,6 +125,21 @@ def test_ids_are_unique(model, jpeg):
     assert len(ids) == 10
 
 
+def test_bucket_follows_the_score_as_shown():
+    """An exact score just under a bound is shown rounded up to it: the bucket must match
+    the number the reader sees, not the hidden digits."""
+    from iqa.inference.model import QualityResult
+    from iqa.inference.server.service import quality_body
+
+    for exact, shown, bucket in [(0.8496, 0.85, "very_good"), (0.8449, 0.84, "good"),
+                                 (0.2496, 0.25, "poor"), (0.5996, 0.6, "good")]:
+        result = QualityResult(score=exact, bucket=bucket_for(exact), factors=None)
+        body = quality_body(result, True, None)
+        assert body == {"score": shown, "score_exact": exact, "bucket": bucket}
+    assert quality_body(QualityResult(score=0.8496, bucket="good", factors=None),
+                        False, "v") == {"score": 0.85}
+
+
 def test_details_only_when_asked(model, jpeg):
     expected = model.score(jpeg)
     with TestClient(create_app(model, open_settings())) as client:
@@ -134,7 +150,7 @@ def test_details_only_when_asked(model, jpeg):
     assert plain == {"score": round(expected.score, 2)}
     assert quality["score"] == round(expected.score, 2)
     assert quality["score_exact"] == pytest.approx(expected.score, abs=1e-6)
-    assert quality["bucket"] == expected.bucket
+    assert quality["bucket"] == bucket_for(round(expected.score, 2))
     assert quality["model_version"] == "tiny-test"
     assert set(quality["factors"]) == set(model.factor_names)
     assert quality["factors"] == {k: round(v, 2) for k, v in expected.factors.items()}

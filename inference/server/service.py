@@ -7,7 +7,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..contract import META_MODEL_VERSION
+from ..contract import META_MODEL_VERSION, bucket_for
 from ..errors import IQAError
 from ..fetch import ImageFetcher, validate_url
 from .errors import (
@@ -154,13 +154,20 @@ class CheckService:
         return score_bytes(self.model, data, name)
 
     def _quality_body(self, result, details: bool) -> dict:
-        # Two decimals, like the hosted API; the exact value is an extra.
-        body: dict = {"score": round(result.score, 2)}
-        if details:
-            body["score_exact"] = result.score
-            body["bucket"] = result.bucket
-            if result.factors is not None:
-                body["factors"] = {k: round(v, 2) for k, v in result.factors.items()}
-            if self.model_version:
-                body["model_version"] = self.model_version
-        return body
+        return quality_body(result, details, self.model_version)
+
+
+def quality_body(result, details: bool, model_version: str | None) -> dict:
+    """The response's ``quality`` object for one scored photo."""
+    # Two decimals, like the hosted API; the exact value is an extra.
+    body: dict = {"score": round(result.score, 2)}
+    if details:
+        body["score_exact"] = result.score
+        # The bucket of the score as shown: an exact 0.8496 is returned as 0.85, and the
+        # reader applies the bucket table to 0.85 ("very good"), not to the hidden digits.
+        body["bucket"] = bucket_for(body["score"])
+        if result.factors is not None:
+            body["factors"] = {k: round(v, 2) for k, v in result.factors.items()}
+        if model_version:
+            body["model_version"] = model_version
+    return body
