@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+import simplejpeg
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .errors import (
     ImageDecodeError,
@@ -147,13 +148,15 @@ def _from_encoded(source, label, max_pixels, min_side, target_shorter_side) -> I
         raise ImageTooLargeError(_bomb_message(label, exc, max_pixels)) from exc
     except OSError as exc:  # missing file, a directory, no permission, short header
         reason = exc.strerror or str(exc)
+        if "truncated" in reason.lower():  # a header cut short: "Truncated File Read"
+            raise TruncatedImageError(f"{label}: the image data ends early ({reason})") from exc
         raise ImageDecodeError(f"{label}: cannot read: {reason}") from exc
     except (ValueError, SyntaxError, EOFError, struct.error) as exc:
         # Plugins raise these on corrupt headers (found by fuzzing: a PNG whose IHDR
         # length is 0 gives ValueError("Truncated IHDR chunk")).
         raise ImageDecodeError(f"{label}: corrupt image header ({exc})") from exc
     with opened as image:
-        return _finish(image, label, max_pixels, min_side, target_shorter_side)
+        return _finish(image, label, max_pixels, min_side, target_shorter_side, opened_here=True)
 
 
 def _bomb_message(label: str, exc: Exception, max_pixels: int | None) -> str:
@@ -194,17 +197,75 @@ def _sniff(head: bytes) -> str:
     return "unknown data"
 
 
-def _finish(image: Image.Image, label, max_pixels, min_side, target_shorter_side) -> Image.Image:
-    """Size checks on the header, then draft, decode, orientation and mode conversion."""
+def _finish(image: Image.Image, label, max_pixels, min_side, target_shorter_side,
+            opened_here: bool = False) -> Image.Image:
+    """Size checks on the header, then draft, decode, orientation and mode conversion.
+
+    ``opened_here``: ``image`` was opened from encoded data by this module, so its file
+    can be read again (a caller's own PIL image may be loaded and its file closed).
+    """
     _check_size(image.size, label, max_pixels, min_side)
     if callable(target_shorter_side):
         target_shorter_side = target_shorter_side(*image.size)
-    if target_shorter_side and image.format in ("JPEG", "MPO"):
-        # Both sides of a draft stay >= the requested box, so the shorter side does too.
-        image.draft(None, (int(target_shorter_side), int(target_shorter_side)))
-    _load(image, label)
-    image = _upright(image)
-    return _to_rgb(image, label)
+    if opened_here and image.format in ("JPEG", "MPO") and image.mode in _STRICT_JPEG_MODES:
+        # A JPEG's EXIF is in its header; the new image built from the pixels has none.
+        orientation = _orientation(image)
+        image = _decode_jpeg(image, label, target_shorter_side)
+    else:
+        if target_shorter_side and image.format in ("JPEG", "MPO"):
+            # Both sides of a draft stay >= the requested box, so the shorter side does too.
+            image.draft(None, (int(target_shorter_side), int(target_shorter_side)))
+        _load(image, label)
+        orientation = _orientation(image)  # after the load: a PNG may keep EXIF at its end
+    return _to_rgb(_upright(image, orientation), label)
+
+
+# JPEGs whose colours libjpeg-turbo converts exactly as Pillow does (pixel for pixel, DCT
+# scaling included); CMYK and YCCK ones keep Pillow's decoder and its Adobe inversion.
+_STRICT_JPEG_MODES = {"RGB": "RGB", "L": "GRAY"}
+
+# libjpeg reports damaged entropy-coded data as a *warning* and fills what is missing with
+# flat blocks, which Pillow then returns without complaint: a JPEG cut short but closed
+# with an end-of-image marker decodes "fine" as a half-grey picture. simplejpeg's strict
+# mode turns the first warning into an error; these are the ones that mean lost pixels.
+_TRUNCATION_WARNINGS = ("premature end",)
+_CORRUPTION_WARNINGS = ("bad huffman code", "instead of rst", "corrupt jpeg data")
+
+
+def _decode_jpeg(image: Image.Image, label: str, target_shorter_side) -> Image.Image:
+    """Decode a JPEG with libjpeg-turbo (simplejpeg), refusing damaged data.
+
+    ``target_shorter_side`` scales in the DCT exactly as Pillow's draft does (so the
+    pixels are Pillow's, bit for bit): by the largest of 1, 1/2, 1/4 and 1/8 that keeps
+    both sides at or above it. libjpeg-turbo would also pick factors such as 3/8 or 5/8,
+    so the output size is asked for exactly.
+    """
+    image.fp.seek(0)
+    data = image.fp.read()
+    width, height = image.size
+    fits = min(width, height) // int(target_shorter_side) if target_shorter_side else 1
+    scale = next(s for s in (8, 4, 2, 1) if s <= max(fits, 1))
+    size = {"min_width": -(-width // scale), "min_height": -(-height // scale)}
+    colorspace = _STRICT_JPEG_MODES[image.mode]
+    try:
+        try:
+            pixels = simplejpeg.decode_jpeg(data, colorspace=colorspace, strict=True,
+                                            **size)
+        except ValueError as exc:
+            text = str(exc).lower()
+            if any(w in text for w in _TRUNCATION_WARNINGS):
+                raise TruncatedImageError(f"{label}: the image data ends early ({exc})") from exc
+            # Extraneous bytes before a marker (some cameras write them) and other
+            # warnings leave every pixel intact: decode again without strict checks.
+            if "extraneous bytes" not in text and any(w in text for w in _CORRUPTION_WARNINGS):
+                raise ImageDecodeError(f"{label}: corrupt image data ({exc})") from exc
+            pixels = simplejpeg.decode_jpeg(data, colorspace=colorspace, strict=False,
+                                            **size)
+    except ValueError as exc:
+        raise ImageDecodeError(f"{label}: corrupt image data ({exc})") from exc
+    except MemoryError as exc:
+        raise ImageTooLargeError(f"{label}: not enough memory to decode it") from exc
+    return Image.fromarray(pixels[:, :, 0] if colorspace == "GRAY" else pixels)
 
 
 def _check_size(size: tuple[int, int], label: str, max_pixels: int | None, min_side: int) -> None:
@@ -240,19 +301,29 @@ def _load(image: Image.Image, label: str) -> None:
 
 _ORIENTATION_TAG = 0x0112
 
+# EXIF orientation -> the transpose that makes the picture upright (EXIF 2.3, tag 274).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
-def _upright(image: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation; a broken EXIF block is ignored, not fatal."""
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation, read from the header; a broken EXIF block reads as upright."""
     try:
-        orientation = image.getexif().get(_ORIENTATION_TAG, 1)
+        value = image.getexif().get(_ORIENTATION_TAG, 1)
     except Exception:  # noqa: BLE001 - malformed EXIF is common and harmless to the pixels
-        return image
-    if orientation in (None, 1):
-        return image  # exif_transpose would copy the whole image for nothing
-    try:
-        return ImageOps.exif_transpose(image)
-    except Exception:  # noqa: BLE001
-        return image
+        return 1
+    return value if value in _UPRIGHT else 1
+
+
+def _upright(image: Image.Image, orientation: int) -> Image.Image:
+    return image.transpose(_UPRIGHT[orientation]) if orientation in _UPRIGHT else image
 
 
 def _to_rgb(image: Image.Image, label: str) -> Image.Image:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import logging
+import re
 import socket
 import ssl
 import time
@@ -317,7 +318,15 @@ def validate_url(url: str, policy: FetchPolicy) -> httpx.URL:
             f"only http and https URLs can be fetched, not scheme {parsed.scheme!r}")
     if not parsed.host:
         raise InvalidURLError(f"the URL {url!r} has no host")
+    host = parsed.raw_host.decode("ascii", "replace")  # IDNA names arrive as xn-- labels
+    if ":" not in host and not _HOST_NAME.fullmatch(host):  # IPv6 literals httpx checked
+        # httpx percent-encodes a space in the host; DNS would only fail on it later,
+        # which reads as an unreachable server rather than a mistyped URL.
+        raise InvalidURLError(f"malformed URL {url!r}: {parsed.host!r} is not a host name")
     return parsed
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
 
 
 def check_content_type(content_type: str | None, url: str = "the URL") -> None:

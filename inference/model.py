@@ -163,6 +163,11 @@ class QualityModel:
     ):
         import onnxruntime as ort
 
+        # Caught here, not at the first photo: a limit of 0 would refuse every image.
+        for name, value, low in (("max_pixels", max_pixels, 1), ("min_side", min_side, 1),
+                                 ("run_batch_size", run_batch_size, 1), ("threads", threads, 0)):
+            if value is not None and value < low:
+                raise ValueError(f"QualityModel: {name} must be >= {low}, got {value}")
         self.path = Path(path) if path is not None else default_model_path()
         if not self.path.is_file():
             what = "model file" if path is not None else "the shipped model is missing:"

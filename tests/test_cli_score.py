@@ -213,6 +213,8 @@ def test_info_text_and_json(capsys, tiny_model_path, tiny_model_no_factors_path)
     (["--min-score", "0.8", "--max-score", "0.2"], "is above --max-score"),
     (["--threads", "-2"], "--threads must be >= 1"),
     (["--max-pixels", "0"], "--max-pixels must be >= 1"),
+    (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["--workers", "-1"], "--workers must be >= 0, got -1"),
 ])
 def test_options_that_could_only_print_nothing_are_refused(capsys, folder, tiny_model_path,
                                                            options, message):

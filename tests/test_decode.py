@@ -203,6 +203,61 @@ def test_truncated_jpeg_and_png_raise_truncated(photo, photo_jpeg, monkeypatch):
             decode_image(data)
 
 
+def _jpeg_cut_and_closed(data: bytes, keep: float) -> bytes:
+    """The first ``keep`` of a JPEG's bytes, closed with an end-of-image marker."""
+    return data[: int(len(data) * keep)] + b"\xff\xd9"
+
+
+def test_jpeg_cut_short_but_closed_is_truncated_not_half_grey(photo):
+    # Pillow decodes such a file without complaint and fills the lost rows with flat
+    # blocks; the score of that picture would be reported as the photo's.
+    data = encode(Image.fromarray(photo), "JPEG", quality=90)
+    for keep in (0.3, 0.7, 0.95):
+        with pytest.raises(TruncatedImageError, match="ends early"):
+            decode_image(_jpeg_cut_and_closed(data, keep))
+        with pytest.raises(TruncatedImageError):
+            decode_image(_jpeg_cut_and_closed(data, keep), target_shorter_side=64)
+    grey = encode(Image.fromarray(photo[:, :, 1], "L"), "JPEG", quality=90)
+    with pytest.raises(TruncatedImageError):
+        decode_image(_jpeg_cut_and_closed(grey, 0.5))
+
+
+def test_jpeg_cut_inside_its_header_is_truncated(photo_jpeg):
+    for size in (200, 300):
+        with pytest.raises(TruncatedImageError, match="ends early"):
+            decode_image(photo_jpeg[:size])
+
+
+def test_jpeg_with_damaged_entropy_data_is_refused(photo_jpeg):
+    start = photo_jpeg.index(b"\xff\xda")  # start of scan: entropy-coded data follows
+    damaged = bytearray(photo_jpeg)
+    middle = (start + len(damaged)) // 2
+    damaged[middle:middle + 64] = b"\xff\xd5" * 32  # RST markers where data should be
+    with pytest.raises((ImageDecodeError, TruncatedImageError)):
+        decode_image(bytes(damaged))
+
+
+def test_jpeg_with_extra_bytes_before_its_end_marker_still_decodes(photo, photo_jpeg):
+    # Some cameras write padding before the end marker; libjpeg warns, no pixel is lost.
+    padded = photo_jpeg[:-2] + b"\x00" * 16 + photo_jpeg[-2:]
+    assert np.array_equal(np.asarray(decode_image(padded)), np.asarray(decode_image(photo_jpeg)))
+
+
+@pytest.mark.parametrize("size", [(2048, 1536), (1001, 333), (640, 480), (37, 29)])
+@pytest.mark.parametrize("target", [None, 64, 300, 500])
+def test_jpeg_pixels_and_scaling_are_pillows_own(photo, size, target):
+    # The strict decoder must hand the model the pixels Pillow's draft gave, in training
+    # and at serving alike: same DCT scale, same colour conversion, bit for bit.
+    data = encode(Image.fromarray(photo).resize(size), "JPEG", quality=88)
+    reference = Image.open(io.BytesIO(data))
+    if target:
+        reference.draft(None, (target, target))
+    reference.load()
+    out = decode_image(data, target_shorter_side=target)
+    assert out.size == reference.size
+    assert np.array_equal(np.asarray(out), np.asarray(reference.convert("RGB")))
+
+
 def test_zero_bytes_text_and_svg_are_decode_errors(tmp_path):
     with pytest.raises(ImageDecodeError, match="0 bytes"):
         decode_image(b"")

@@ -129,11 +129,21 @@ def test_every_resolved_address_is_checked(guard):
 @pytest.mark.parametrize(
     "url",
     ["file:///etc/passwd", "ftp://images.example.com/a.jpg", "gopher://x/", "javascript:alert(1)",
-     "/relative/path.jpg", "http:///no-host", "", "   ", "http://" + "a" * 5000 + ".com/"],
+     "/relative/path.jpg", "http:///no-host", "", "   ", "http://" + "a" * 5000 + ".com/",
+     # A space or an empty label in the host used to reach DNS and fail as "cannot resolve".
+     "http://exa mple.com/a.jpg", "http://exa%20mple.com/", "http://a..b/", "http://a%2fb.com/"],
 )
 def test_invalid_urls(url):
     with pytest.raises(InvalidURLError):
         validate_url(url, FetchPolicy())
+
+
+def test_real_host_forms_stay_valid():
+    for url, host in [("http://a_b.example.com/x.jpg", "a_b.example.com"),
+                      ("http://[::1]:8000/a.jpg", "::1"), ("https://bücher.de/", "bücher.de"),
+                      ("https://example.com./a.jpg", "example.com."),
+                      ("http://127.0.0.1:9/a.jpg", "127.0.0.1")]:
+        assert validate_url(url, FetchPolicy()).host == host
 
 
 def test_invalid_url_messages_say_what_is_missing():

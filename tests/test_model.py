@@ -238,3 +238,10 @@ def test_a_requested_provider_that_does_not_start_is_an_error(tiny_model_path, m
         QualityModel(tiny_model_path, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
     # Without an explicit request the same fallback is fine: CPU is what works.
     assert QualityModel(tiny_model_path).providers == ["CPUExecutionProvider"]
+
+
+@pytest.mark.parametrize("option", [{"max_pixels": 0}, {"min_side": 0}, {"run_batch_size": 0},
+                                    {"threads": -1}])
+def test_limits_that_would_refuse_every_image_are_refused_up_front(tiny_model_path, option):
+    with pytest.raises(ValueError, match=f"{next(iter(option))} must be >="):
+        QualityModel(tiny_model_path, **option)

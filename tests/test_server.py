@@ -117,6 +117,22 @@ def test_post_url_field(guard, model, image_server, other_jpeg):
     assert_success_shape(response.json(), model.score(other_jpeg).score, url)
 
 
+def test_two_urls_are_refused_without_fetching_either(guard, model, image_server):
+    first, second = image_server.url("/photo.jpg"), image_server.url("/other.jpg")
+    with TestClient(create_app(model, open_settings())) as client:
+        by_get = client.get(CHECK, params=[("models", "quality"), ("url", first),
+                                           ("url", second)])
+        by_form = client.post(CHECK, data={"models": "quality", "url": [first, second]})
+        split = client.post(f"{CHECK}?url={first}", data={"models": "quality", "url": second})
+        malformed = client.get(CHECK, params={"models": "quality",
+                                              "url": "http://exa mple.com/a.jpg"})
+    for response in (by_get, by_form, split):
+        body = assert_failure(response, 400, "argument_error", 11)
+        assert "one `url`" in body["error"]["message"]
+    assert_failure(malformed, 400, "argument_error", 13)
+    assert guard.connects == []
+
+
 def test_ids_are_unique(model, jpeg):
     with TestClient(create_app(model, open_settings())) as client:
         bodies = [client.post(CHECK, data={"models": "quality"},
@@ -256,6 +272,9 @@ def test_health_metrics_and_openapi(model, jpeg):
     assert set(schema["paths"][CHECK]) == {"get", "post"}
     post = schema["paths"][CHECK]["post"]["requestBody"]["content"]["multipart/form-data"]
     assert "media" in post["schema"]["properties"]
+    assert schema["paths"][CHECK]["post"]["requestBody"]["required"] is False  # query works
+    for method in ("get", "post"):  # the slow-body 408 is documented beside the others
+        assert {"400", "408", "413", "503"} <= set(schema["paths"][CHECK][method]["responses"])
     assert docs.status_code == 200
 
 

@@ -721,6 +721,22 @@ def test_uvicorn_level_errors_are_failure_json(model):
         assert b"application/json" in answer and b'"code":18' in answer
 
 
+def test_a_whole_oversized_head_in_one_read_is_refused(model):
+    # Complete heads are parsed inside one data_received call, before it can count them.
+    head = b"GET /health HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 6000 + b"\r\n\r\n"
+    within = b"GET /health HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 3000 + b"\r\n\r\n"
+    with slow_app_server(model, max_header_bytes=4096) as base:
+        big = raw_request(base, head)
+        small = raw_request(base, within)
+        many = raw_request(base, b"GET /health HTTP/1.1\r\nHost: t\r\n"
+                           + b"".join(b"X-%d: %s\r\n" % (i, b"b" * 100) for i in range(50))
+                           + b"\r\n")
+    for answer in (big, many):
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:100]
+        assert b'"code":18' in answer and b"exceeds 4096 bytes" in answer
+    assert small.startswith(b"HTTP/1.1 200"), small[:100]
+
+
 def test_connection_limit_answers_503_json(model):
     limits = settings(max_connections=3, header_timeout=30)
     with uvicorn_server(create_app(model, limits), **uvicorn_options(limits)) as base:
@@ -864,11 +880,31 @@ def test_scoring_threads_run_at_a_lower_priority_than_the_event_loop():
         plain.shutdown()
 
 
-def test_serve_rejects_a_negative_scoring_nice(capsys):
+@pytest.mark.parametrize(("options", "message"), [
+    (["--scoring-nice", "-1"], "--scoring-nice must be >= 0, got -1"),
+    (["--workers", "0"], "--workers must be >= 1, got 0"),
+    (["--max-upload-mb", "0"], "--max-upload-mb must be > 0"),
+    # A negative timeout started a server that answered every request with 503 or 504.
+    (["--request-timeout", "-1"], "--request-timeout must be > 0, got -1"),
+    (["--fetch-timeout", "-1"], "--fetch-timeout must be > 0, got -1"),
+    (["--header-timeout", "nan"], "--header-timeout must be > 0, got nan"),
+    (["--max-pixels", "0"], "--max-pixels must be > 0"),
+    (["--threads", "0"], "--threads must be >= 1"),
+])
+def test_serve_names_the_option_out_of_range(capsys, options, message):
     from iqa.inference.cli import main
 
-    assert main(["serve", "--scoring-nice", "-1", "--port", "1"]) == 2
-    assert "--scoring-nice >= 0" in capsys.readouterr().err
+    assert main(["serve", *options, "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("--") == 1  # only the faulty option is named
+
+
+def test_serve_checks_environment_values_as_options(capsys, monkeypatch):
+    from iqa.inference.cli import main
+
+    monkeypatch.setenv("IQA_REQUEST_TIMEOUT", "-5")
+    assert main(["serve", "--port", "1"]) == 2
+    assert "--request-timeout must be > 0, got -5.0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("port", "message"), [("99999", "port 99999 is outside 1-65535"),
@@ -881,5 +917,6 @@ def test_serve_rejects_ports_that_cannot_be_bound_as_given(capsys, monkeypatch, 
         main(["serve", "--port", port])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
     monkeypatch.setenv("IQA_PORT", port)
-    with pytest.raises(SystemExit, match="IQA_PORT"):
+    with pytest.raises(SystemExit) as exit_info:
         main(["serve"])
+    assert exit_info.value.code == 2 and "IQA_PORT" in capsys.readouterr().err

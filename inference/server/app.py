@@ -65,8 +65,8 @@ _ID_ALPHABET = string.ascii_letters + string.digits
 _ID_LENGTH = 21
 _ID_SPACE = len(_ID_ALPHABET) ** _ID_LENGTH
 _FAILURES = {
-    status: {"model": CheckFailure} for status in (400, 401, 404, 405, 413, 415, 422, 500,
-                                                     502, 503, 504)
+    status: {"model": CheckFailure} for status in (400, 401, 404, 405, 408, 413, 415, 422,
+                                                     500, 502, 503, 504)
 }
 _FIELD_DOCS = {
     "models": "Comma-separated model names; only `quality` exists.",
@@ -159,6 +159,8 @@ async def read_post(request: Request, max_upload: int, body_timeout: float,
     del body
     fields: dict = dict(request.query_params)
     fields.update(form.fields)
+    refuse_repeated_url(request.query_params.getlist("url")
+                        + [value for name, value in form.fields if name == "url"])
     files = [f for f in form.files if f.field_name == "media"]
     if len(files) > 1:
         raise ConflictingMediaError("send one file in `media` per request")
@@ -172,6 +174,12 @@ async def read_post(request: Request, max_upload: int, body_timeout: float,
     if len(files[0].data) > max_upload:
         raise too_large
     return fields, Upload(data=files[0].data, filename=files[0].filename or "media")
+
+
+def refuse_repeated_url(values: list[str]) -> None:
+    """Two `url`s would leave it to the parser which photo is scored; say so instead."""
+    if len(values) > 1:
+        raise ConflictingMediaError(f"send one `url` per request, not {len(values)}")
 
 
 def declared_too_large(request: Request, max_upload: int) -> UploadTooLargeError | None:
@@ -330,11 +338,16 @@ def create_app(model=None, settings: ServerSettings | None = None, *, fetcher=No
     ):
         fields = {"models": models, "url": url, "api_user": api_user, "api_secret": api_secret,
                   "quality_details": quality_details}
-        return await respond(request, lambda: service.check(fields, None))
+
+        async def work():
+            refuse_repeated_url(request.query_params.getlist("url"))
+            return await service.check(fields, None)
+
+        return await respond(request, work)
 
     post_body = {
         "requestBody": {
-            "required": True,
+            "required": False,  # every field may come in the query string instead
             "content": {
                 "multipart/form-data": {
                     "schema": {

@@ -24,7 +24,9 @@ def _env(name: str, default=None, cast=str):
     try:
         return cast(value)
     except ValueError:
-        raise SystemExit(f"iqa serve: environment variable {name}={value!r} is not valid") from None
+        # Exit 2, as argparse does for the same value given as an option.
+        print(f"iqa serve: environment variable {name}={value!r} is not valid", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _port(text: str) -> int:
@@ -182,6 +184,33 @@ def build_settings(args: argparse.Namespace):
     )
 
 
+def out_of_range(args: argparse.Namespace) -> str | None:
+    """The first numeric option (or its IQA_* twin) outside its range, named, or None.
+
+    Checked here rather than by argparse because environment defaults bypass its types.
+    A negative timeout would otherwise start a server that times out every request.
+    """
+    rules = (
+        ("--workers", args.workers, 1, False), ("--max-queue", args.max_queue, 0, False),
+        ("--scoring-nice", args.scoring_nice, 0, False),
+        ("--max-upload-mb", args.max_upload_mb, 0, True),
+        ("--request-timeout", args.request_timeout, 0, True),
+        ("--fetch-timeout", args.fetch_timeout, 0, True),
+        ("--header-timeout", args.header_timeout, 0, True),
+        ("--body-timeout", args.body_timeout, 0, True),
+        ("--keep-alive-timeout", args.keep_alive_timeout, 0, True),
+        ("--max-connections", args.max_connections, 0, True),
+        ("--max-header-kb", args.max_header_kb, 0, True),
+        ("--max-pixels", args.max_pixels, 0, True), ("--threads", args.threads, 1, False),
+    )
+    for flag, value, low, strict in rules:
+        if value is None:
+            continue
+        if not (value > low if strict else value >= low):  # NaN fails too
+            return f"{flag} must be {'>' if strict else '>='} {low}, got {value}"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -195,15 +224,9 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("iqa.server")
-    if args.workers < 1 or args.max_queue < 0 or args.max_upload_mb <= 0 or args.scoring_nice < 0:
-        print("iqa serve: --workers must be >= 1, --max-queue >= 0, --max-upload-mb > 0, "
-              "--scoring-nice >= 0",
-              file=sys.stderr)
-        return 2
-    if min(args.header_timeout, args.body_timeout, args.keep_alive_timeout,
-           args.max_connections, args.max_header_kb) <= 0:
-        print("iqa serve: --header-timeout, --body-timeout, --keep-alive-timeout, "
-              "--max-connections and --max-header-kb must be > 0", file=sys.stderr)
+    problem = out_of_range(args)
+    if problem:
+        print(f"iqa serve: {problem}", file=sys.stderr)
         return 2
     try:
         settings = build_settings(args)
@@ -224,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
                     "use the server", args.host)
     if settings.fetch_policy.allow_private:
         log.warning("--allow-private-urls: `url` may reach private and loopback addresses")
-    log.info("model %s (providers %s, %d thread(s) x %d worker(s)); listening on http://%s:%d",
+    log.info("model %s (providers %s, %d thread(s) x %d worker(s)); starting on http://%s:%d",
              model.path, ",".join(model.providers), threads, args.workers, args.host, args.port)
     app = create_app(model, settings)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,

@@ -109,6 +109,10 @@ class _ConcurrencyLimit:
         await self.app(scope, receive, send)
 
 
+class _HeadTooLarge(Exception):
+    """Raised inside httptools' callback to stop parsing an oversized request head."""
+
+
 class IQAHttpToolsProtocol(HttpToolsProtocol):
     """Use :func:`protocol_class` to get one with other settings."""
 
@@ -126,6 +130,10 @@ class IQAHttpToolsProtocol(HttpToolsProtocol):
         # Bytes of the request head being received; None once it is complete, while its
         # body comes in (and until the next request begins).
         self._head_bytes: int | None = 0
+        # Bytes of the URL and header fields parsed for the current request: a head that
+        # arrives whole in one read is complete before data_received can count it.
+        self._head_fields = 0
+        self._refusal: str | None = None
         self._lingering = False
         self._linger_timer: asyncio.TimerHandle | None = None
         self._lingered_bytes = 0
@@ -191,11 +199,25 @@ class IQAHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         if self._head_bytes is None:  # a pipelined head began in the same packet
             self._head_bytes = 0
+        self._head_fields = 0
         super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._head_fields += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_fields += len(name) + len(value) + 4  # ": " and CRLF
+        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._cancel_head_timer()
         self._head_bytes = None
+        if self._head_fields > self.max_header_bytes:
+            self._refusal = f"the request head exceeds {self.max_header_bytes} bytes"
+            # Raising from a parser callback aborts the parse; uvicorn's data_received
+            # then answers through send_400_response before any app code runs.
+            raise _HeadTooLarge(self._refusal)
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -221,6 +243,7 @@ class IQAHttpToolsProtocol(HttpToolsProtocol):
     # -- uvicorn's own 400, as JSON
     def send_400_response(self, msg: str) -> None:
         self._cancel_head_timer()
+        msg, self._refusal = self._refusal or msg, None
         status, headers, body = failure_response(BadHTTPRequestError(
             f"{msg.rstrip('.')}: the request line or headers are malformed or larger than "
             "the limit"))
