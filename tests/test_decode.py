@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 
 from iqa.inference.decode import DEFAULT_MIN_SIDE, decode_image
 from iqa.inference.errors import (
@@ -169,6 +169,16 @@ def test_exif_orientation_is_applied():
     out = np.asarray(decode_image(data))
     assert out.shape == (40, 20, 3)  # displayed portrait
     assert out[:5, -5:].mean() > 200 and out[:5, :5].mean() < 50  # mark now top-right
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_every_exif_orientation_matches_pillows_transpose(photo, orientation, fmt):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(Image.fromarray(photo[:40, :60]), fmt, exif=exif.tobytes())
+    expected = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+    assert np.array_equal(np.asarray(decode_image(data)), np.asarray(expected))
 
 
 def test_animated_gif_gives_its_first_frame():
