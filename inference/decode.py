@@ -317,9 +317,9 @@ def _orientation(image: Image.Image) -> int:
     """The EXIF orientation, read from the header; a broken EXIF block reads as upright."""
     try:
         value = image.getexif().get(_ORIENTATION_TAG, 1)
+        return value if value in _UPRIGHT else 1  # a malformed value may not even hash
     except Exception:  # noqa: BLE001 - malformed EXIF is common and harmless to the pixels
         return 1
-    return value if value in _UPRIGHT else 1
 
 
 def _upright(image: Image.Image, orientation: int) -> Image.Image:
