@@ -19,11 +19,11 @@ them, and nothing imports this module implicitly.
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import os
 import pickle
 import posixpath
+import re
 import sys
 import tempfile
 import time
@@ -173,10 +173,12 @@ def list_inputs(
     fs, path = resolve(source, options)
     from pyarrow import fs as pafs
 
-    if any(c in GLOB_CHARS for c in source):
+    info = fs.get_file_info(path)
+    # A folder or file that exists under its own name is that, brackets and all
+    # ("shoot[2024]/"); only a name that does not exist is read as a glob.
+    if info.type == pafs.FileType.NotFound and any(c in GLOB_CHARS for c in source):
         entries = _glob(fs, path, recursive)
     else:
-        info = fs.get_file_info(path)
         if info.type == pafs.FileType.Directory:
             selector = pafs.FileSelector(path, recursive=recursive)
             entries = sorted(
@@ -202,16 +204,42 @@ def _glob(fs, pattern: str, recursive: bool) -> list[str]:
     first = min(i for i, c in enumerate(pattern) if c in GLOB_CHARS)
     base = pattern[:first].rsplit("/", 1)[0] if "/" in pattern[:first] else ""
     remainder = pattern[len(base) :].lstrip("/")
-    # fnmatch's * also matches "/", so only list sub-folders when the pattern asks for them.
+    # `*` also matches "/", so only list sub-folders when the pattern asks for them.
     deep = recursive or "/" in remainder or "**" in remainder
     infos = fs.get_file_info(pafs.FileSelector(base or ".", recursive=deep, allow_not_found=True))
+    matches = glob_regex(pattern).fullmatch
     return sorted(
         i.path
         for i in infos
-        if i.is_file
-        and fnmatch.fnmatchcase(i.path, pattern)
-        and not posixpath.basename(i.path).startswith(".")
+        if i.is_file and matches(i.path) and not posixpath.basename(i.path).startswith(".")
     )
+
+
+def glob_regex(pattern: str) -> re.Pattern:
+    """A glob as a regex: ``**/`` is zero or more folders (``a/**/*.jpg`` matches
+    ``a/x.jpg`` too, as in shells), ``*`` and ``**`` any text, ``/`` included, ``?`` one
+    character, ``[...]`` a class (``[!...]`` negated). Case-sensitive, like the names."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern[i] == "*":
+            out.append(".*")
+            i += 2 if pattern.startswith("**", i) else 1
+        elif pattern[i] == "?":
+            out.append(".")
+            i += 1
+        elif pattern[i] == "[" and "]" in pattern[i + 2 :]:
+            end = pattern.index("]", i + 2)
+            body = pattern[i + 1 : end]
+            body = "^" + body[1:] if body.startswith("!") else body
+            out.append("[" + body.replace("\\", "\\\\") + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out), re.DOTALL)
 
 
 def _read_manifest(fs, path: str, source: str, column: str | None) -> list[str]:
@@ -327,9 +355,16 @@ def read_done(output: str, s3_options: dict | None = None) -> tuple[set[str], se
     parts = _output_parts(fs, root)
     if not parts:
         return set(), set()
-    table = pads.dataset(parts, filesystem=fs, format="parquet").to_table(
-        columns=["path", "model_version"]
-    )
+    try:
+        table = pads.dataset(parts, filesystem=fs, format="parquet").to_table(
+            columns=["path", "model_version"]
+        )
+    except (ValueError, KeyError, OSError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise BatchInputError(
+            f"{output}: holds Parquet files that are not `iqa batch` output (no readable "
+            f"path and model_version columns: {str(exc).splitlines()[0]}); choose an empty "
+            "folder or prefix, or one a previous `iqa batch` wrote"
+        ) from exc
     versions = {v for v in table.column("model_version").unique().to_pylist() if v is not None}
     return set(table.column("path").to_pylist()), versions
 
@@ -512,12 +547,24 @@ class ScoreActor:
 # ------------------------------------------------------------------------- the job
 
 
+def out_of_range(rules: dict[str, tuple]) -> str | None:
+    """The first ``name: (value, low, strict)`` whose value is not above (``strict``) or
+    at least ``low``, as a message; None values and a clean bill give None."""
+    for name, (value, low, strict) in rules.items():
+        if value is not None and not (value > low if strict else value >= low):  # NaN too
+            return f"{name} must be {'>' if strict else '>='} {low:g}, got {value}"
+    return None
+
+
 def parse_actors(text: str | int | None) -> tuple[int, int] | None:
     """``"4"`` -> (4, 4); ``"2-16"`` or ``"2:16"`` -> an autoscaling pool of 2 to 16."""
     if text is None:
         return None
     low, _, high = str(text).replace(":", "-").partition("-")
-    low_n, high_n = int(low), int(high or low)
+    try:
+        low_n, high_n = int(low), int(high or low)
+    except ValueError:
+        raise ValueError(f"--actors must be N or MIN-MAX (whole numbers), got {text!r}") from None
     if not 1 <= low_n <= high_n:
         raise ValueError(f"--actors must be N or MIN-MAX with 1 <= MIN <= MAX, got {text!r}")
     return low_n, high_n
@@ -588,8 +635,16 @@ def score_batch(
     from .model import QualityModel
 
     log = log or (lambda message: print(f"iqa batch: {message}", file=sys.stderr))
-    if batch_size < 1 or rows_per_file < 1:
-        raise ValueError("batch_size and rows_per_file must be >= 1")
+    problem = out_of_range({
+        "batch_size": (batch_size, 1, False), "rows_per_file": (rows_per_file, 1, False),
+        "cpus_per_actor": (cpus_per_actor, 0, True), "gpus_per_actor": (gpus_per_actor, 0, False),
+        "threads": (threads, 1, False), "num_cpus": (num_cpus, 1, False),
+        "flush_seconds": (flush_seconds, 0, True),
+    })
+    if problem:
+        # Before Ray starts: a bad value otherwise surfaced as a ZeroDivisionError or as
+        # hundreds of lines of actor tracebacks.
+        raise ValueError(problem)
     pool = actors if isinstance(actors, tuple) else parse_actors(actors)
     options = _read_options(s3_options, allow_private_urls)
     # Load the model here first: a bad --model fails before any cluster work starts,
@@ -608,10 +663,16 @@ def score_batch(
         done, versions = read_done(output, s3_options)
     except OSError as exc:
         raise BatchInputError(f"{output}: cannot read the existing output: {exc}") from exc
+    if not paths:
+        raise BatchInputError(
+            f"{input}: no image to score (folders are read by image extension, sub-folders "
+            "only with -r; globs are case-sensitive and must be quoted)"
+        )
     if versions - {version}:
         log(
             f"OUTPUT already holds rows from model version(s) {', '.join(sorted(versions))}; "
-            f"new rows come from {version}"
+            f"new rows come from {version}. Inputs that already have a row are not scored "
+            "again: to re-score them with this model, write to a new OUTPUT"
         )
     todo = [p for p in paths if p not in done]
     summary = BatchSummary(output=output, skipped=len(paths) - len(todo))

@@ -57,8 +57,9 @@ examples:
     )
     cluster.add_argument(
         "--actors", metavar="N|MIN-MAX",
-        help="scoring actors: a fixed count, or an autoscaling range (default: one per GPU "
-        "with --gpus-per-actor, else one per two CPUs that --cpus-per-actor reserves)",
+        help="scoring actors: a fixed count, or an autoscaling range (default: GPUs / "
+        "--gpus-per-actor with GPUs, else CPUs / (2 x --cpus-per-actor), so that half the "
+        "CPUs score and half decode)",
     )
     cluster.add_argument(
         "--batch-size", type=int, default=8, metavar="N",
@@ -111,7 +112,7 @@ examples:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .batch import parse_actors, s3_options_from_endpoint, score_batch
+    from .batch import out_of_range, parse_actors, s3_options_from_endpoint, score_batch
     from .errors import IQAError
 
     try:
@@ -119,8 +120,17 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"iqa batch: {exc}", file=sys.stderr)
         return 2
-    if args.batch_size < 1 or args.rows_per_file < 1:
-        print("iqa batch: --batch-size and --rows-per-file must be >= 1", file=sys.stderr)
+    problem = out_of_range({
+        "--batch-size": (args.batch_size, 1, False),
+        "--rows-per-file": (args.rows_per_file, 1, False),
+        "--cpus-per-actor": (args.cpus_per_actor, 0, True),
+        "--gpus-per-actor": (args.gpus_per_actor, 0, False),
+        "--threads": (args.threads, 1, False), "--num-cpus": (args.num_cpus, 1, False),
+        "--flush-seconds": (args.flush_seconds, 0, True),
+        "--max-pixels": (args.max_pixels, 1, False),
+    })
+    if problem:
+        print(f"iqa batch: {problem}", file=sys.stderr)
         return 2
     options = {} if args.max_pixels is None else {"max_pixels": int(args.max_pixels)}
     try:

@@ -115,6 +115,75 @@ def test_list_inputs_folder_glob_and_manifests(tmp_path, photo):
         list_inputs(str(tmp_path / "nothing-here"))
 
 
+def test_globs_match_like_a_shell_and_bracketed_names_are_literal(tmp_path, photo):
+    top = _photos(photo, tmp_path / "gl", 1)
+    deep = _photos(photo, tmp_path / "gl" / "sub" / "deeper", 1)
+    Image.fromarray(photo[:40, :40]).save(tmp_path / "gl" / "SHOUT.JPG")
+    # `**/` is zero folders too: the photo directly under gl/ used to be skipped.
+    assert list_inputs(str(tmp_path / "gl" / "**" / "*.jpg")) == [str(top[0]), str(deep[0])]
+    assert list_inputs(str(tmp_path / "gl" / "*.jpg")) == [str(top[0])]
+    assert list_inputs(str(tmp_path / "gl" / "*.JPG")) == [str(tmp_path / "gl" / "SHOUT.JPG")]
+    assert list_inputs(str(tmp_path / "gl" / "photo[0-9].jpg")) == [str(top[0])]
+    assert list_inputs(str(tmp_path / "gl" / "photo[!0].jpg")) == []
+    assert list_inputs(str(tmp_path / "gl" / "ph?to0.jpg")) == [str(top[0])]
+    # A real folder named with brackets is that folder, not a character class.
+    shoot = _photos(photo, tmp_path / "shoot[2024]", 2)
+    assert list_inputs(str(tmp_path / "shoot[2024]")) == [str(p) for p in shoot]
+
+
+def test_glob_regex_edges():
+    regex = batch_module.glob_regex
+    assert regex("a/**/b/**/c.jpg").fullmatch("a/b/x/c.jpg")
+    assert regex("a/**/c.jpg").fullmatch("a/c.jpg") and regex("a/**/c.jpg").fullmatch("a/x/y/c.jpg")
+    assert not regex("a/*.jpg").fullmatch("a/b.png")
+    assert regex("a+b (1)/*.jpg").fullmatch("a+b (1)/x.jpg")  # regex characters are literal
+    assert regex("[]x]").fullmatch("]") and regex("[]x]").fullmatch("x")
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"cpus_per_actor": 0}, "cpus_per_actor must be > 0"),
+    ({"threads": -1}, "threads must be >= 1"),
+    ({"gpus_per_actor": -0.5}, "gpus_per_actor must be >= 0"),
+    ({"flush_seconds": 0}, "flush_seconds must be > 0"),
+    ({"batch_size": 0}, "batch_size must be >= 1"),
+])
+def test_bad_values_are_refused_before_ray_starts(tmp_path, tiny_model_path, options, message):
+    with pytest.raises(ValueError, match=message):
+        batch_module.score_batch(str(tmp_path), str(tmp_path / "out"), model=tiny_model_path,
+                                 **_quiet(**options))
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--cpus-per-actor", "0"], "--cpus-per-actor must be > 0"),
+    (["--threads", "-1"], "--threads must be >= 1"),
+    (["--actors", "2-x"], "--actors must be N or MIN-MAX"),
+])
+def test_cli_names_the_bad_option(tmp_path, capsys, argv, message):
+    from iqa.inference.cli import main
+
+    assert main(["batch", str(tmp_path), str(tmp_path / "out"), *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_no_image_to_score_and_foreign_parquet_are_refused(tmp_path, photo, tiny_model_path):
+    (tmp_path / "empty").mkdir()
+    for source in (tmp_path / "empty", tmp_path / "empty" / "*.png"):
+        with pytest.raises(BatchInputError, match="no image to score"):
+            batch_module.score_batch(str(source), str(tmp_path / "out"),
+                                     model=tiny_model_path, **_quiet())
+    import pyarrow as pa
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    pq.write_table(pa.table({"x": [1, 2]}), foreign / "x.parquet")
+    _photos(photo, tmp_path / "in", 1)
+    with pytest.raises(BatchInputError, match="not `iqa batch` output"):
+        batch_module.score_batch(str(tmp_path / "in"), str(foreign), model=tiny_model_path,
+                                 **_quiet())
+    assert [f.name for f in foreign.iterdir()] == ["x.parquet"]  # nothing written
+
+
 def test_a_part_file_appears_whole_or_not_at_all(tmp_path, monkeypatch):
     """A job killed while writing a part leaves no readable half-file behind."""
     import pyarrow as pa

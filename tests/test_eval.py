@@ -210,6 +210,8 @@ def test_evaluate_model_from_python(generic_csv_dataset, tiny_model_path, tmp_pa
         (["--dataset", "livec", "--dataset-option", "layout"], "takes KEY=VALUE"),
         (["--dataset", "livec", "--dataset-option", "layout=release"],
          "label file not found"),  # the option reached the loader
+        (["--dataset", "livec", "--n-boot", "-5"], "--n-boot must be at least 0"),
+        (["--dataset", "livec", "--seed", "-1"], "--seed must be at least 0"),
     ],
 )
 def test_eval_bad_options_fail_cleanly(livec_dataset, tiny_model_path, tmp_path, capsys,
@@ -222,6 +224,19 @@ def test_eval_bad_options_fail_cleanly(livec_dataset, tiny_model_path, tmp_path,
     assert not (tmp_path / "x").exists()
 
 
+def test_eval_refuses_an_unwritable_report_folder_before_scoring(livec_dataset, tiny_model_path,
+                                                                  tmp_path, capsys):
+    blocker = tmp_path / "labels.csv"
+    blocker.write_text("a file where the folder should go\n")
+    for out in (blocker, blocker / "inside"):
+        code = main(["eval", "--model", str(tiny_model_path), "--dataset", "livec", "--root",
+                     str(livec_dataset), "--output-dir", str(out)])
+        captured = capsys.readouterr()
+        assert code == 1 and "cannot write the report to" in captured.err
+        assert "Traceback" not in captured.err and captured.out == ""  # nothing was scored
+    assert blocker.read_text() == "a file where the folder should go\n"
+
+
 def test_eval_with_too_few_scored_images_keeps_the_predictions(tmp_path, tiny_model_path, capsys):
     root = tmp_path / "bad"
     root.mkdir()
@@ -232,9 +247,15 @@ def test_eval_with_too_few_scored_images_keeps_the_predictions(tmp_path, tiny_mo
             (root / f"{i}.jpg").write_bytes(b"not an image %d" % i)
             writer.writerow([f"{i}.jpg", i])
     out = tmp_path / "out"
+    out.mkdir()
+    for kind in ("metrics", "table", "scatter"):  # an earlier, successful run's report
+        (out / REPORT_FILES[kind]).write_text("stale")
+    (out / "notes.txt").write_text("mine")
     code = main(["eval", "--model", str(tiny_model_path), "--dataset", "csv", "--root", str(root),
                  "--csv-range", "0", "10", "--output-dir", str(out), "--quiet"])
     assert code == 1
+    assert not (out / REPORT_FILES["table"]).exists() and not (out / REPORT_FILES["scatter"]).exists()
+    assert (out / "notes.txt").read_text() == "mine"
     assert "only 0 of 4 images could be scored" in capsys.readouterr().err
     assert len(_read_predictions(out)) == 4
     assert not (out / REPORT_FILES["metrics"]).exists()

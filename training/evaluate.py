@@ -266,6 +266,23 @@ def write_report(
     return paths
 
 
+def prepare_report_dir(out_dir: str | os.PathLike) -> None:
+    """Create ``out_dir`` and remove a previous run's report files from it.
+
+    Done before scoring, so an unwritable folder fails in a second rather than after an
+    hour, and a run that ends without metrics never leaves an older run's metrics.json,
+    metrics.md and scatter.png beside its own predictions.csv. Only the files this
+    command writes are removed.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in REPORT_FILES.values():
+        (out / name).unlink(missing_ok=True)
+    probe = out / ".iqa-eval-write-test"
+    probe.write_bytes(b"")
+    probe.unlink()
+
+
 # --- command line ------------------------------------------------------------------------
 
 def _loader_options(args: argparse.Namespace) -> dict:
@@ -328,6 +345,11 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.workers < 0:
         return _fail(f"--workers must be at least 0, got {args.workers}")
+    # Checked before scoring: these used to fail only once every image was scored.
+    if args.n_boot < 0:
+        return _fail(f"--n-boot must be at least 0, got {args.n_boot}")
+    if args.seed < 0:
+        return _fail(f"--seed must be at least 0, got {args.seed}")
     try:
         records = load_dataset(args.dataset, args.root, **_loader_options(args))
         records, split = select_records(records, args.split, args.split_file)
@@ -340,6 +362,10 @@ def run(args: argparse.Namespace) -> int:
         return _fail("no records to evaluate")
 
     out_dir = Path(args.output_dir or Path("runs", "eval", f"{model.path.stem}-{args.dataset}-{split}"))
+    try:
+        prepare_report_dir(out_dir)
+    except OSError as exc:
+        return _fail(f"cannot write the report to {out_dir}: {exc.strerror or exc}")
     output = "" if args.output == "score" else f" `{args.output}`"
     title = f"{model.path.name}{output} on {args.dataset} ({split}, {len(records)} images)"
     try:
