@@ -40,6 +40,8 @@ from .model import ImagePreparer
 
 MANIFEST_SUFFIXES = (".txt", ".lst", ".csv", ".parquet", ".pq")
 GLOB_CHARS = frozenset("*?[")
+# Besides http(s), which the fetcher reads: the object stores pyarrow opens ("file" too).
+READABLE_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "http", "https")
 # Output columns before and after the per-factor columns (which are named after the
 # model's factors, as in `iqa score --format csv`).
 LEAD_COLUMNS = ("path", "score", "bucket")
@@ -462,11 +464,15 @@ def _read_source(uri: str, options: _ReadOptions):
         from .fetch import FetchPolicy, fetch_url
 
         return fetch_url(uri, FetchPolicy(allow_private=options.allow_private_urls))
-    fs, path = resolve(uri, options)
+    scheme = uri.partition("://")[0].lower()
+    if scheme not in READABLE_SCHEMES:
+        raise ImageDecodeError(f"{uri}: cannot read {scheme}:// URIs; iqa batch reads local "
+                               f"paths and {', '.join(s + '://' for s in READABLE_SCHEMES)}")
     try:
+        fs, path = resolve(uri, options)
         with fs.open_input_file(path) as handle:
             return handle.read()
-    except OSError as exc:  # pyarrow: missing object, no permission, network failure
+    except (OSError, ValueError) as exc:  # pyarrow: missing object, no permission, network
         raise ImageDecodeError(f"{uri}: cannot read: {exc}") from exc
 
 

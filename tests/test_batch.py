@@ -166,6 +166,13 @@ def test_cli_names_the_bad_option(tmp_path, capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
+def test_an_unreadable_scheme_is_a_clear_error_row():
+    from iqa.inference.errors import ImageDecodeError
+
+    with pytest.raises(ImageDecodeError, match=r"cannot read ftp:// URIs.*s3://"):
+        batch_module._read_source("ftp://example.com/a.jpg", batch_module._ReadOptions())
+
+
 def test_no_image_to_score_and_foreign_parquet_are_refused(tmp_path, photo, tiny_model_path):
     (tmp_path / "empty").mkdir()
     for source in (tmp_path / "empty", tmp_path / "empty" / "*.png"):

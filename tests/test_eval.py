@@ -184,6 +184,12 @@ def test_eval_uses_the_split_column_and_split_files(generic_csv_dataset, tiny_mo
                  "--output-dir", str(out)]) == 0
     assert {Path(r["path"]) for r in _read_predictions(out)} == chosen
     capsys.readouterr()
+    assert main([*common, "--split-file", str(tmp_path / "typo.csv"),
+                 "--output-dir", str(out)]) == 1
+    assert "split file not found" in capsys.readouterr().err
+    reversed_range = [*common[:-6], "--csv-range", "5", "1", "--output-dir", str(out)]
+    assert main(reversed_range) == 1
+    assert "--csv-range LOW HIGH" in capsys.readouterr().err
 
 
 def test_evaluate_model_from_python(generic_csv_dataset, tiny_model_path, tmp_path):

@@ -104,5 +104,6 @@ def _parse_range(score_range: Sequence[float] | str) -> tuple[float, float]:
     except (TypeError, ValueError):
         raise DatasetError(f"score_range must be (low, high), got {score_range!r}") from None
     if not high > low:
-        raise DatasetError(f"score_range must have high > low, got {score_range!r}")
+        raise DatasetError(f"the score range (--csv-range LOW HIGH, or score_range) must "
+                           f"have HIGH > LOW, got {score_range!r}")
     return low, high

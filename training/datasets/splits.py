@@ -124,7 +124,7 @@ def save_split_csv(records: Sequence[QualityRecord], path: str | os.PathLike,
 
 def load_split_csv(path: str | os.PathLike) -> dict[str, str]:
     """Read a split file written by ``save_split_csv``: path (as written) -> split."""
-    table = read_csv_table(Path(path), required=("path", "split"))
+    table = read_csv_table(Path(path), required=("path", "split"), what="split file")
     assignment: dict[str, str] = {}
     where: dict[str, str] = {}
     for row in table.rows:

@@ -107,9 +107,10 @@ def require_file(path: Path, what: str) -> Path:
     return path
 
 
-def read_csv_table(source: Path, required: Iterable[str]) -> Table:
-    """A CSV file with a header line; ``where`` is the 1-based line the row starts on."""
-    require_file(source, "label file")
+def read_csv_table(source: Path, required: Iterable[str], what: str = "label file") -> Table:
+    """A CSV file with a header line; ``where`` is the 1-based line the row starts on.
+    ``what`` names the file in a not-found error."""
+    require_file(source, what)
     rows: list[Row] = []
     line = 1
     try:
