@@ -493,7 +493,7 @@ def test_csv_loader_errors(csv_root):
     assert_error(excinfo, "needs the option(s): score_range")
     with pytest.raises(DatasetError) as excinfo:
         load_dataset("csv", csv_root, score_range=(5, 1), **common)
-    assert_error(excinfo, "high > low")
+    assert_error(excinfo, "HIGH > LOW")
     with pytest.raises(DatasetError) as excinfo:
         load_dataset("csv", csv_root, score_range=(0, 10), higher_is_better="no", **common)
     assert_error(excinfo, "higher_is_better")
