@@ -386,6 +386,9 @@ class PartWriter:
 
         self.fs, self.root = resolve(output, _read_options(s3_options))
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        if self.fs.get_file_info(self.root).type == pafs.FileType.File:
+            # Object stores have no folders: parts would land under "<object>/" beside it.
+            raise FileExistsError(f"{output} is a file; OUTPUT must be a folder or prefix")
         self.fs.create_dir(self.root, recursive=True)
         self.schema = schema
         self.rows_per_file = rows_per_file

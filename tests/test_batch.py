@@ -419,6 +419,8 @@ def s3_server():
 
 def test_s3_folder_and_manifest_with_resume(ray_local, s3_server, tmp_path, photo,
                                             tiny_model_path):
+    from pyarrow import fs as pafs
+
     fs, options = s3_server
     images = _photos(photo, tmp_path / "photos", 3)
     fs.create_dir("shots")  # the bucket
@@ -436,6 +438,11 @@ def test_s3_folder_and_manifest_with_resume(ray_local, s3_server, tmp_path, phot
     # The manifest names two images scored already and one missing object.
     second = score_batch("s3://shots/manifest.txt", "s3://shots/scores", **common)
     assert (second.images, second.failures, second.skipped) == (1, 1, 2)
+    # An existing object as OUTPUT is refused, as a local file is (no parts under it).
+    with pytest.raises(BatchInputError, match="is a file"):
+        score_batch("s3://shots/2024/", "s3://shots/manifest.txt", **common)
+    assert [i.path for i in fs.get_file_info(pafs.FileSelector("shots/manifest.txt/",
+                                                               allow_not_found=True))] == []
 
     import pyarrow.dataset as pads
 
