@@ -339,3 +339,11 @@ def test_paths_as_path_objects_name_the_file_in_errors(tmp_path):
     bad.write_bytes(png_header(64, 64))
     with pytest.raises(ImageDecodeError, match=str(Path(bad))):
         decode_image(bad)
+
+
+def test_decode_benchmark_finds_identical_pixels(capsys):
+    from script_loader import load_script
+
+    bench = load_script("benchmark_decode")
+    assert bench.main(["--size", "640x480", "--images", "2", "--rounds", "1"]) == 0
+    assert "identical pixels: True" in capsys.readouterr().out
