@@ -37,6 +37,7 @@ from typing import Any
 from .decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, IMAGE_EXTENSIONS
 from .errors import ImageDecodeError, IQAError
 from .model import ImagePreparer
+from .option_ranges import out_of_range
 
 MANIFEST_SUFFIXES = (".txt", ".lst", ".csv", ".parquet", ".pq")
 GLOB_CHARS = frozenset("*?[")
@@ -554,15 +555,6 @@ class ScoreActor:
 
 
 # ------------------------------------------------------------------------- the job
-
-
-def out_of_range(rules: dict[str, tuple]) -> str | None:
-    """The first ``name: (value, low, strict)`` whose value is not above (``strict``) or
-    at least ``low``, as a message; None values and a clean bill give None."""
-    for name, (value, low, strict) in rules.items():
-        if value is not None and not (value > low if strict else value >= low):  # NaN too
-            return f"{name} must be {'>' if strict else '>='} {low:g}, got {value}"
-    return None
 
 
 def parse_actors(text: str | int | None) -> tuple[int, int] | None:

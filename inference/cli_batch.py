@@ -112,8 +112,9 @@ examples:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .batch import out_of_range, parse_actors, s3_options_from_endpoint, score_batch
+    from .batch import parse_actors, s3_options_from_endpoint, score_batch
     from .errors import IQAError
+    from .option_ranges import out_of_range
 
     try:
         actors = parse_actors(args.actors)

@@ -13,6 +13,8 @@ import logging
 import os
 import sys
 
+from ..option_ranges import out_of_range
+
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 STARTUP_FAILURE = 3  # uvicorn's exit status when the server cannot start
 
@@ -184,31 +186,25 @@ def build_settings(args: argparse.Namespace):
     )
 
 
-def out_of_range(args: argparse.Namespace) -> str | None:
+def out_of_range_option(args: argparse.Namespace) -> str | None:
     """The first numeric option (or its IQA_* twin) outside its range, named, or None.
 
     Checked here rather than by argparse because environment defaults bypass its types.
     A negative timeout would otherwise start a server that times out every request.
     """
-    rules = (
-        ("--workers", args.workers, 1, False), ("--max-queue", args.max_queue, 0, False),
-        ("--scoring-nice", args.scoring_nice, 0, False),
-        ("--max-upload-mb", args.max_upload_mb, 0, True),
-        ("--request-timeout", args.request_timeout, 0, True),
-        ("--fetch-timeout", args.fetch_timeout, 0, True),
-        ("--header-timeout", args.header_timeout, 0, True),
-        ("--body-timeout", args.body_timeout, 0, True),
-        ("--keep-alive-timeout", args.keep_alive_timeout, 0, True),
-        ("--max-connections", args.max_connections, 0, True),
-        ("--max-header-kb", args.max_header_kb, 0, True),
-        ("--max-pixels", args.max_pixels, 0, True), ("--threads", args.threads, 1, False),
-    )
-    for flag, value, low, strict in rules:
-        if value is None:
-            continue
-        if not (value > low if strict else value >= low):  # NaN fails too
-            return f"{flag} must be {'>' if strict else '>='} {low}, got {value}"
-    return None
+    return out_of_range({
+        "--workers": (args.workers, 1, False), "--max-queue": (args.max_queue, 0, False),
+        "--scoring-nice": (args.scoring_nice, 0, False),
+        "--max-upload-mb": (args.max_upload_mb, 0, True),
+        "--request-timeout": (args.request_timeout, 0, True),
+        "--fetch-timeout": (args.fetch_timeout, 0, True),
+        "--header-timeout": (args.header_timeout, 0, True),
+        "--body-timeout": (args.body_timeout, 0, True),
+        "--keep-alive-timeout": (args.keep_alive_timeout, 0, True),
+        "--max-connections": (args.max_connections, 0, True),
+        "--max-header-kb": (args.max_header_kb, 0, True),
+        "--max-pixels": (args.max_pixels, 0, True), "--threads": (args.threads, 1, False),
+    })
 
 
 def run(args: argparse.Namespace) -> int:
@@ -224,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("iqa.server")
-    problem = out_of_range(args)
+    problem = out_of_range_option(args)
     if problem:
         print(f"iqa serve: {problem}", file=sys.stderr)
         return 2
