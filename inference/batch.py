@@ -557,6 +557,24 @@ class ScoreActor:
 # ------------------------------------------------------------------------- the job
 
 
+# score_batch's numeric arguments: (lowest value, whether it is excluded).
+VALUE_RANGES = {
+    "batch_size": (1, False), "rows_per_file": (1, False), "cpus_per_actor": (0, True),
+    "gpus_per_actor": (0, False), "threads": (1, False), "num_cpus": (1, False),
+    "flush_seconds": (0, True), "max_pixels": (1, False),
+}
+
+
+def value_problem(values: dict, as_flags: bool = False) -> str | None:
+    """What is wrong with score_batch's numeric ``values`` (by argument name), or None;
+    ``as_flags`` names them as `iqa batch` options (``--cpus-per-actor``)."""
+    def name(key: str) -> str:
+        return "--" + key.replace("_", "-") if as_flags else key
+
+    return out_of_range({name(key): (values.get(key), low, strict)
+                         for key, (low, strict) in VALUE_RANGES.items()})
+
+
 def parse_actors(text: str | int | None) -> tuple[int, int] | None:
     """``"4"`` -> (4, 4); ``"2-16"`` or ``"2:16"`` -> an autoscaling pool of 2 to 16."""
     if text is None:
@@ -636,12 +654,10 @@ def score_batch(
     from .model import QualityModel
 
     log = log or (lambda message: print(f"iqa batch: {message}", file=sys.stderr))
-    problem = out_of_range({
-        "batch_size": (batch_size, 1, False), "rows_per_file": (rows_per_file, 1, False),
-        "cpus_per_actor": (cpus_per_actor, 0, True), "gpus_per_actor": (gpus_per_actor, 0, False),
-        "threads": (threads, 1, False), "num_cpus": (num_cpus, 1, False),
-        "flush_seconds": (flush_seconds, 0, True),
-    })
+    problem = value_problem({"batch_size": batch_size, "rows_per_file": rows_per_file,
+                             "cpus_per_actor": cpus_per_actor, "gpus_per_actor": gpus_per_actor,
+                             "threads": threads, "num_cpus": num_cpus,
+                             "flush_seconds": flush_seconds, "max_pixels": max_pixels})
     if problem:
         # Before Ray starts: a bad value otherwise surfaced as a ZeroDivisionError or as
         # hundreds of lines of actor tracebacks.

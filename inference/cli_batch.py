@@ -112,24 +112,15 @@ examples:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .batch import parse_actors, s3_options_from_endpoint, score_batch
+    from .batch import parse_actors, s3_options_from_endpoint, score_batch, value_problem
     from .errors import IQAError
-    from .option_ranges import out_of_range
 
     try:
         actors = parse_actors(args.actors)
     except ValueError as exc:
         print(f"iqa batch: {exc}", file=sys.stderr)
         return 2
-    problem = out_of_range({
-        "--batch-size": (args.batch_size, 1, False),
-        "--rows-per-file": (args.rows_per_file, 1, False),
-        "--cpus-per-actor": (args.cpus_per_actor, 0, True),
-        "--gpus-per-actor": (args.gpus_per_actor, 0, False),
-        "--threads": (args.threads, 1, False), "--num-cpus": (args.num_cpus, 1, False),
-        "--flush-seconds": (args.flush_seconds, 0, True),
-        "--max-pixels": (args.max_pixels, 1, False),
-    })
+    problem = value_problem(vars(args), as_flags=True)
     if problem:
         print(f"iqa batch: {problem}", file=sys.stderr)
         return 2

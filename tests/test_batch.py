@@ -487,6 +487,8 @@ def test_the_cli_defaults_are_the_library_defaults():
     args = parser.parse_args(["in", "out"])
     assert args.cpus_per_actor == batch_module.DEFAULT_CPUS_PER_ACTOR
     assert args.threads is None  # the library derives one thread per half CPU
+    # The CLI checks its options through the library's ranges, by argument name.
+    assert set(batch_module.VALUE_RANGES) <= set(vars(args))
 
 
 def test_the_startup_timeline_finds_the_jobs_actors_and_tasks(ray_local, tmp_path, photo,
