@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from .csv_safe import spreadsheet_safe
+from .option_ranges import out_of_range
 from .server.logsafe import escape_control
 
 FORMATS = ("table", "json", "jsonl", "csv")
@@ -162,20 +163,20 @@ def run(args: argparse.Namespace) -> int:
 def check_options(args: argparse.Namespace) -> str | None:
     """What is wrong with the numeric options, or None. A filter that can match nothing
     would otherwise print nothing and exit 0, as if every photo had been filtered out."""
-    if args.batch_size < 1:
-        return f"--batch-size must be >= 1, got {args.batch_size}"
-    if args.workers < 0:
-        return f"--workers must be >= 0, got {args.workers}"
-    if args.threads is not None and args.threads < 1:
-        return f"--threads must be >= 1, got {args.threads}"
+    problem = out_of_range({
+        "--batch-size": (args.batch_size, 1, False),
+        "--workers": (args.workers, 0, False),
+        "--threads": (args.threads, 1, False),
+        "--max-pixels": (args.max_pixels, 1, False),
+    })
+    if problem:
+        return problem
     for flag, value in (("--min-score", args.min_score), ("--max-score", args.max_score)):
         if value is not None and not 0.0 <= value <= 1.0:  # NaN fails too
             return f"{flag} must be within [0, 1] (scores are), got {value}"
     if args.min_score is not None and args.max_score is not None \
             and args.min_score > args.max_score:
         return f"--min-score {args.min_score} is above --max-score {args.max_score}"
-    if args.max_pixels is not None and not args.max_pixels >= 1:
-        return f"--max-pixels must be >= 1, got {args.max_pixels}"
     return None
 
 

@@ -240,8 +240,13 @@ def _decode_jpeg(image: Image.Image, label: str, target_shorter_side) -> Image.I
     both sides at or above it. libjpeg-turbo would also pick factors such as 3/8 or 5/8,
     so the output size is asked for exactly.
     """
-    image.fp.seek(0)
-    data = image.fp.read()
+    fp = image.fp
+    # An upload already sits in memory: hand libjpeg its buffer instead of a copy.
+    if isinstance(fp, io.BytesIO):
+        data = fp.getbuffer()
+    else:
+        fp.seek(0)
+        data = fp.read()
     width, height = image.size
     fits = min(width, height) // int(target_shorter_side) if target_shorter_side else 1
     scale = next(s for s in (8, 4, 2, 1) if s <= max(fits, 1))
@@ -265,6 +270,10 @@ def _decode_jpeg(image: Image.Image, label: str, target_shorter_side) -> Image.I
         raise ImageDecodeError(f"{label}: corrupt image data ({exc})") from exc
     except MemoryError as exc:
         raise ImageTooLargeError(f"{label}: not enough memory to decode it") from exc
+    finally:
+        # A live export would make the caller's BytesIO refuse close() with BufferError.
+        if isinstance(data, memoryview):
+            data.release()
     return Image.fromarray(pixels[:, :, 0] if colorspace == "GRAY" else pixels)
 
 

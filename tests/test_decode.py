@@ -232,6 +232,21 @@ def test_jpeg_cut_short_but_closed_is_truncated_not_half_grey(photo):
         decode_image(_jpeg_cut_and_closed(grey, 0.5))
 
 
+def test_caller_file_object_is_left_usable_after_a_jpeg_decode(photo):
+    # The decoder reads an in-memory upload through its buffer, not a copy; that view
+    # must be let go, or the caller's close() would fail with BufferError.
+    data = encode(Image.fromarray(photo), "JPEG", quality=90)
+    upload = io.BytesIO(data)
+    assert np.array_equal(np.asarray(decode_image(upload)), np.asarray(decode_image(data)))
+    upload.write(b"appended")  # resizing needs every export released
+    upload.close()
+    cut = io.BytesIO(_jpeg_cut_and_closed(data, 0.5))
+    with pytest.raises(TruncatedImageError) as refused:
+        decode_image(cut)
+    cut.close()  # while the exception, and the decoder's frame in its traceback, live on
+    assert refused.value.__traceback__ is not None
+
+
 def test_jpeg_cut_inside_its_header_is_truncated(photo_jpeg):
     for size in (200, 300):
         with pytest.raises(TruncatedImageError, match="ends early"):
