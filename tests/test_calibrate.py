@@ -4,6 +4,7 @@ run's clean training photos and their level versions, baked into the exported gr
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -148,3 +149,76 @@ def test_a_pixel_budget_below_one_cell_exits_2(trained, tmp_path, capsys):
                  "--pixel-budget", "100"]) == 2
     assert "pixel_budget must be at least" in capsys.readouterr().err
     assert not (tmp_path / "o.pt").exists()
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--per-distortion", "0"], "--per-distortion must be >= 1, got 0"),
+    (["--knots", "1"], "--knots must be >= 2, got 1"),
+    (["--knots", "0"], "--knots must be >= 2, got 0"),
+    (["--knots", "-3"], "--knots must be >= 2, got -3"),
+    (["--threads", "-1"], "--threads must be >= 1, got -1"),
+    (["--seed", "-1"], "--seed must be >= 0, got -1"),
+])
+def test_degenerate_settings_are_refused_up_front(trained, tmp_path, capsys, options, message):
+    assert main(["calibrate", str(trained), "-o", str(tmp_path / "o.pt"), *options]) == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_outputs_are_checked_before_the_fit_and_never_replace_the_input(trained, tmp_path,
+                                                                        capsys):
+    before = trained.read_bytes()
+    assert main(["calibrate", str(trained), "-o", str(trained)]) == 2
+    assert "is the input" in capsys.readouterr().err
+    assert trained.read_bytes() == before  # the run can still be resumed from it
+    assert main(["calibrate", str(trained), "-o", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert main(["calibrate", str(trained), "-o", str(tmp_path / "c.png")]) == 2
+    assert "the plot (-o with .png) and -o are the same file" in capsys.readouterr().err
+    text = tmp_path / "livec.yaml"
+    text.write_text("# a config\n")
+    assert main(["calibrate", str(text), "-o", str(tmp_path / "o.pt")]) == 2
+    assert "is not a checkpoint written by `iqa train`" in capsys.readouterr().err
+
+
+def test_photo_errors_name_the_option_that_chose_the_folder(trained, tmp_path, capsys):
+    out = str(tmp_path / "o.pt")
+    assert main(["calibrate", str(trained), "-o", out, "--subsets", "nope"]) == 2
+    assert "--subsets: no such folder(s) under" in capsys.readouterr().err
+    assert main(["calibrate", str(trained), "-o", out, "--photos", str(tmp_path),
+                 "--subsets", "nope"]) == 2
+    assert f"--subsets: no such folder(s) under {tmp_path}: nope" in capsys.readouterr().err
+    state = torch.load(trained, weights_only=False)
+    moved = {**state, "config": {**state["config"],
+                                 "synthetic": {**state["config"]["synthetic"],
+                                               "root": str(tmp_path / "gone")}}}
+    torch.save(moved, tmp_path / "moved.pt")
+    assert main(["calibrate", str(tmp_path / "moved.pt"), "-o", out]) == 2
+    err = capsys.readouterr().err
+    assert "the run's synthetic.root is not a folder" in err and "pass --photos" in err
+
+
+def test_data_root_moves_the_runs_data_paths(trained, tmp_path):
+    from iqa.training.calibrate import run_data_path, training_photos
+
+    state = torch.load(trained, weights_only=False)
+    old = Path(state["config"]["data_root"])
+    syn_root = Path(state["config"]["synthetic"]["root"])
+    (tmp_path / "moved").symlink_to(old)
+    assert run_data_path(state, "synthetic.root", tmp_path / "moved") == (
+        tmp_path / "moved" / syn_root.relative_to(old))
+    here = training_photos(state, None, None)[1]
+    there = training_photos(state, None, None, tmp_path / "moved")[1]
+    assert [p.relative_to(syn_root) for p in here] == [
+        p.relative_to(tmp_path / "moved" / syn_root.relative_to(old)) for p in there]
+    elsewhere = {**state, "config": {**state["config"], "data_root": str(tmp_path / "x")}}
+    with pytest.raises(ValueError, match="not under the data_root it trained with"):
+        run_data_path(elsewhere, "synthetic.root", tmp_path)
+
+
+def test_a_calibrated_file_cannot_be_resumed(calibrated):
+    from iqa.training.checkpoint import CheckpointError, load_checkpoint
+
+    assert load_checkpoint(calibrated)["model_kwargs"]["calibrated"]
+    with pytest.raises(CheckpointError, match="holds weights only"):
+        load_checkpoint(calibrated, resumable=True)

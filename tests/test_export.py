@@ -244,15 +244,95 @@ def test_cli_float16_export_and_its_limits(cli_run, tmp_path, capsys):
     assert "parity: max |torch - onnxruntime|" in capsys.readouterr().out
     assert out.stat().st_size < cli_run[1].stat().st_size * 0.6
     code = main(["export", checkpoint, "-o", str(out), "--weights", "float16", "--quantize"])
-    assert code == 1 and "--quantize needs --weights float32" in capsys.readouterr().err
+    assert code == 2 and "--quantize needs --weights float32" in capsys.readouterr().err
 
 
 def test_cli_reports_a_bad_checkpoint(tmp_path, capsys, model):
+    # A checkpoint that cannot be loaded is a wrong input, like a missing file: exit 2.
     torch.save({"model": {}}, tmp_path / "bad.pt")
-    assert main(["export", str(tmp_path / "bad.pt"), "-o", str(tmp_path / "x.onnx")]) == 1
-    assert "lacks model_kwargs" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "bad.pt"), "-o", str(tmp_path / "x.onnx")]) == 2
+    assert "not a checkpoint written by `iqa train` (no model_kwargs)" in capsys.readouterr().err
     wrong_kwargs = {**model.model_kwargs, "head_hidden": 8}
     torch.save({"model": model.state_dict(), "model_kwargs": wrong_kwargs}, tmp_path / "bad.pt")
-    assert main(["export", str(tmp_path / "bad.pt"), "-o", str(tmp_path / "x.onnx")]) == 1
+    assert main(["export", str(tmp_path / "bad.pt"), "-o", str(tmp_path / "x.onnx")]) == 2
     assert "cannot rebuild the model" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "x.onnx")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_cli_refuses_files_that_are_not_checkpoints(tmp_path, capsys):
+    config = tmp_path / "livec.yaml"
+    config.write_text("# a config, not a checkpoint\nbase: livec.yaml\n")
+    assert main(["export", str(config), "-o", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert f"{config} is not a checkpoint written by `iqa train`" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    run = tmp_path / "run"
+    run.mkdir()
+    assert main(["export", str(run), "-o", str(tmp_path / "m.onnx")]) == 2
+    assert "a folder with no best.pt or last.pt" in capsys.readouterr().err
+    torch.save({"model": {}, "model_kwargs": {}}, run / "last.pt")
+    assert main(["export", str(run), "-o", str(tmp_path / "m.onnx")]) == 2
+    assert f"give {run / 'last.pt'}" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--opset", "12"], "--opset must be 17 to"),
+    (["--opset", "99"], "--opset must be 17 to"),
+    (["--quantize", "--calibration-images", "nonexist_dir"],
+     "calibration image or folder not found: nonexist_dir"),
+])
+def test_cli_refuses_bad_options_before_exporting(cli_run, tmp_path, capsys, options, message):
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(cli_run[1].parent / "best.pt"), "-o", str(out), *options]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists() and not (tmp_path / "m.int8.onnx").exists()
+
+
+def test_cli_checks_the_output_path_first(cli_run, tmp_path, capsys):
+    checkpoint = cli_run[1].parent / "best.pt"
+    before = checkpoint.read_bytes()
+    (tmp_path / "afile.txt").write_text("x")
+    for out, message in ((tmp_path, "is a folder"),
+                         (tmp_path / "afile.txt" / "m.onnx", "afile.txt is a file, not a folder"),
+                         (checkpoint, "is the input")):
+        assert main(["export", str(checkpoint), "-o", str(out)]) == 2
+        assert message in capsys.readouterr().err
+    (tmp_path / "m.int8.onnx").mkdir()
+    assert main(["export", str(checkpoint), "-o", str(tmp_path / "m.onnx"), "--quantize"]) == 2
+    assert "--quantize's int8 file" in capsys.readouterr().err
+    assert checkpoint.read_bytes() == before and not (tmp_path / "m.onnx").exists()
+
+
+def test_a_failed_parity_check_leaves_the_previous_model_in_place(cli_run, model, tmp_path,
+                                                                  capsys):
+    # fc1's weights shrunk below float16's range and fc2's grown to match: torch computes
+    # the same model, but float16 storage rounds fc1 to 0, a real parity failure.
+    out = tmp_path / "model.onnx"
+    out.write_bytes(cli_run[1].read_bytes())
+    good = out.read_bytes()
+    net = copy.deepcopy(model)
+    with torch.no_grad():
+        net.score_head.fc1.weight *= 1e-9
+        net.score_head.fc1.bias.zero_()
+        net.score_head.fc2.weight *= 1e9
+    torch.save({"model": net.state_dict(), "model_kwargs": net.model_kwargs,
+                "preprocessing": json.loads(net.preprocessing.to_json())}, tmp_path / "x.pt")
+    assert main(["export", str(tmp_path / "x.pt"), "-o", str(out), "--weights", "float16"]) == 1
+    err = capsys.readouterr().err
+    failed = tmp_path / "model.parity-failed.onnx"
+    assert f"{out}: torch and onnxruntime disagree" in err
+    assert f"{out} was not written (the failed export is {failed}" in err
+    assert out.read_bytes() == good and failed.stat().st_size > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["model.onnx", "model.parity-failed.onnx", "x.pt"])  # no temp file left
+
+
+def test_nan_never_passes_the_parity_check():
+    from iqa.training.export import max_abs_difference
+
+    assert max_abs_difference(np.array([0.5, 0.2]), np.array([0.5, 0.25])) == pytest.approx(0.05)
+    assert max_abs_difference(np.array([0.5, 0.2]), np.array([np.nan, 0.2])) == float("inf")

@@ -157,12 +157,15 @@ def test_iqa_export_runs_the_parity_check(model, tmp_path, monkeypatch, capsys, 
     out = tmp_path / "m.onnx"
     assert main(["export", str(checkpoint), "-o", str(out), "--model-version", "v9"]) == 1
     captured = capsys.readouterr()
-    assert f"wrote {out}" in captured.out and "parity:" not in captured.out
+    failed = tmp_path / "m.parity-failed.onnx"
+    assert "wrote" not in captured.out and "parity:" not in captured.out
     assert "disagree beyond 0.0001" in captured.err
+    assert f"{out} was not written (the failed export is {failed}" in captured.err
     assert re.search(r"factors 1\.[45]\de-04", captured.err), captured.err
     assert len(shifted) == 1
-    # The file was written before the check failed: its metadata is the checkpoint's.
-    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert not out.exists()
+    # The failed export is kept aside, complete: its metadata is the checkpoint's.
+    meta = {p.key: p.value for p in onnx.load(str(failed)).metadata_props}
     assert meta[META_MODEL_VERSION] == "v9"
     assert meta[META_TRAINING_DATA] == "livec: 9 train / 3 val images"
     assert json.loads(meta[META_METRICS]) == {"srcc": 0.25}

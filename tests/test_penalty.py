@@ -345,3 +345,96 @@ def test_a_textured_penalty_exports_and_scores_like_torch(trained, tmp_path):
         mos, _ = model(*inputs)
     # Not calibrated: the exported score is the (penalised) MOS itself.
     assert scorer.score(image).score == pytest.approx(float(mos[0]), abs=1e-4)
+
+
+def test_the_level_prior_reads_only_the_split_files_training_rows(trained, tmp_path):
+    from iqa.training.datasets import load_dataset
+    from iqa.training.datasets.splits import load_split_csv
+    from iqa.training.penalty import rated_training_mos
+
+    state = load_checkpoint(trained)
+    data = state["config"]["data"]
+    split = load_split_csv(trained.parent / "split.csv")
+    records = load_dataset(data["dataset"], data["root"])
+    train = [r.mos for r in records if split[r.path.name] == "train"]
+    assert 0 < len(train) < len(records)  # validation photos are left out
+    mos = rated_training_mos(state, trained.parent / "split.csv")
+    assert sorted(mos) == sorted(train)
+    # --data-root: the same photos found where the data moved to.
+    (tmp_path / "moved").symlink_to(state["config"]["data_root"])
+    assert np.array_equal(rated_training_mos(state, trained.parent / "split.csv",
+                                             tmp_path / "moved"), mos)
+
+
+def test_photos_of_one_name_in_two_folders_stay_apart(tmp_path):
+    from PIL import Image
+
+    from iqa.training.penalty import rated_training_mos
+
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / folder / "x.jpg")
+    (tmp_path / "labels.csv").write_text("image,mos\na/x.jpg,20\nb/x.jpg,80\n")
+    (tmp_path / "split.csv").write_text("path,split\na/x.jpg,train\nb/x.jpg,val\n")
+    state = {"config": {"data_root": str(tmp_path), "data": {
+        "dataset": "csv", "root": str(tmp_path), "options": {"score_range": [0, 100]},
+        "split": {"train": "train", "val": "val"}}}}
+    assert rated_training_mos(state, tmp_path / "split.csv").tolist() == [pytest.approx(0.2)]
+    (tmp_path / "split.csv").write_text("path,split\na/x.jpg,train\nc/y.jpg,train\n")
+    with pytest.raises(ValueError, match="1 of the 2 'train' rows .* match no csv image"):
+        rated_training_mos(state, tmp_path / "split.csv")
+
+
+def test_penalty_refuses_to_guess_its_training_photos(trained, tmp_path, capsys):
+    out = tmp_path / "p.pt"
+    state = torch.load(trained, weights_only=False)
+    (tmp_path / "alone").mkdir()
+    torch.save(state, tmp_path / "alone" / "last.pt")  # no split.csv beside it
+    assert main(["penalty", str(tmp_path / "alone" / "last.pt"), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "no split file at" in err and "--split-file" in err
+    config = state["config"]
+    synthetic_only = {**state, "config": {**config, "data": {**config["data"], "dataset": None}}}
+    torch.save(synthetic_only, tmp_path / "synthetic.pt")
+    assert main(["penalty", str(tmp_path / "synthetic.pt"), "-o", str(out),
+                 "--split-file", str(trained.parent / "split.csv")]) == 2
+    assert "synthetic photos only (data.dataset is null)" in capsys.readouterr().err
+    gone = {**state, "config": {**config, "data": {**config["data"],
+                                                   "root": str(tmp_path / "gone")}}}
+    torch.save(gone, tmp_path / "gone.pt")
+    assert main(["penalty", str(tmp_path / "gone.pt"), "-o", str(out),
+                 "--split-file", str(trained.parent / "split.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "data.root is not a folder" in err and "--data-root" in err
+    assert "Traceback" not in err and not out.exists()
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--patch", "0"], "--patch must be >= 32, got 0"),
+    (["--patch", "48"], "--patch must be a multiple of 32"),
+    (["--grid", "0"], "--grid must be >= 1, got 0"),
+    (["--placement", "textured", "--candidates", "1"], "--candidates must be >= 2, got 1"),
+    (["--threads", "-1"], "--threads must be >= 1, got -1"),
+    (["--per-distortion", "0"], "--per-distortion must be >= 1, got 0"),
+    (["--gate", "3", "1.5"], "--gate needs 0 < LOW < HIGH"),
+    (["--json", "{out}"], "--json and -o are the same file"),
+])
+def test_penalty_refuses_bad_settings_up_front(trained, tmp_path, capsys, options, message):
+    out = tmp_path / "p.pt"
+    options = [o.format(out=out) for o in options]
+    assert main(["penalty", str(trained), "-o", str(out), *options]) == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_penalty_never_writes_over_its_input_or_into_a_folder(trained, tmp_path, capsys):
+    before = trained.read_bytes()
+    assert main(["penalty", str(trained), "-o", str(trained)]) == 2
+    assert "is the input" in capsys.readouterr().err
+    assert trained.read_bytes() == before
+    assert main(["penalty", str(trained), "-o", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    (tmp_path / "afile.txt").write_text("x")
+    assert main(["penalty", str(trained), "-o", str(tmp_path / "p.pt"),
+                 "--json", str(tmp_path / "afile.txt" / "r.json")]) == 2
+    assert "--json" in capsys.readouterr().err

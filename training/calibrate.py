@@ -48,24 +48,92 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_photo_arguments(parser: argparse.ArgumentParser) -> None:
-    """--photos and --subsets: which clean training photos (shared with `iqa penalty`)."""
+    """--photos, --subsets and --data-root: which clean training photos (shared with
+    `iqa penalty`)."""
     parser.add_argument("--photos", type=Path,
                         help="folder of clean training photos (default: the run's "
                         "synthetic.root); never photos kept for evaluation")
     parser.add_argument("--subsets", nargs="*",
                         help="sub-folders of --photos to use (default: the run's "
                         "synthetic.subsets)")
+    parser.add_argument("--data-root", type=Path, metavar="DIR",
+                        help="where the run's data lives now, if it moved: the run's data "
+                        "paths (synthetic.root, data.root) are taken relative to the "
+                        "data_root it trained with and placed under DIR, as `iqa train "
+                        "--data-root` places a config's")
 
 
-def training_photos(checkpoint: dict, photos: Path | None, subsets) -> tuple[Path, list[Path]]:
-    """(root, clean photos): ``photos``/``subsets``, or else the run's synthetic ones."""
+def option_problem(options: dict[str, tuple], outputs: list[tuple], checkpoint: Path
+                   ) -> str | None:
+    """The first of ``options`` (:func:`iqa.inference.option_ranges.out_of_range` rules)
+    out of range, or the first of ``outputs`` ((path, option) pairs) that cannot be
+    written, or one that would replace ``checkpoint`` or another output; None when all are
+    fine. Checked before the checkpoint is loaded: these used to fail only after the fit."""
+    from iqa.inference.option_ranges import out_of_range
+
+    from .checkpoint import output_problem
+
+    problem = out_of_range(options)
+    if problem:
+        return problem
+    seen: dict[Path, str] = {}
+    for path, option in outputs:
+        if path is None:
+            continue
+        resolved = Path(path).resolve()
+        if resolved in seen:
+            return f"{option} and {seen[resolved]} are the same file: {path}"
+        seen[resolved] = option
+        problem = output_problem(path, option, inputs=[checkpoint])
+        if problem:
+            return problem
+    return None
+
+
+def run_data_path(checkpoint: dict, key: str, data_root: Path | None) -> Path | None:
+    """The run's ``data.root`` or ``synthetic.root`` (``key``), moved under ``data_root``
+    when given; None when the run's config has none."""
+    config = checkpoint.get("config") or {}
+    section, name = key.split(".")
+    value = (config.get(section) or {}).get(name)
+    if not value:
+        return None
+    if data_root is None:
+        return Path(value)
+    old = config.get("data_root")
+    try:
+        return data_root / Path(value).relative_to(old)
+    except (TypeError, ValueError):
+        raise ValueError(f"the run's {key} {value} is not under the data_root it trained "
+                         f"with ({old}), so --data-root cannot move it") from None
+
+
+def training_photos(checkpoint: dict, photos: Path | None, subsets,
+                    data_root: Path | None = None) -> tuple[Path, list[Path]]:
+    """(root, clean photos): ``photos``/``subsets``, or else the run's synthetic ones
+    (moved under ``data_root`` if given). Errors name the option that chose the folder."""
     from .data import list_photos
 
     syn = (checkpoint.get("config") or {}).get("synthetic") or {}
-    root = photos or (Path(syn["root"]) if syn.get("root") else None)
-    if root is None:
-        raise ValueError("the checkpoint's config names no synthetic.root: pass --photos")
-    subsets = subsets if subsets is not None else syn.get("subsets")
+    if photos is not None:
+        root, chosen_by = photos, "--photos"
+    else:
+        root = run_data_path(checkpoint, "synthetic.root", data_root)
+        if root is None:
+            raise ValueError("the checkpoint's config names no synthetic.root: pass --photos")
+        chosen_by = "the run's synthetic.root" + (" under --data-root" if data_root else "")
+    if not root.is_dir():
+        hint = "" if photos is not None else "; pass --photos, or --data-root if the data moved"
+        raise ValueError(f"{chosen_by} is not a folder: {root}{hint}")
+    if subsets is None:
+        subsets, chosen_by = syn.get("subsets"), "the run's synthetic.subsets"
+        hint = "; pass --subsets to choose others (with no name: every photo under it)"
+    else:
+        chosen_by, hint = "--subsets", ""
+    missing = [name for name in subsets or () if not (root / name).is_dir()]
+    if missing:
+        raise ValueError(f"{chosen_by}: no such folder(s) under {root}: "
+                         f"{', '.join(missing)}{hint}")
     return root, list_photos(root, None, 0, subsets or None)
 
 
@@ -147,12 +215,26 @@ def calibrated_model(checkpoint: dict):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from .checkpoint import load_checkpoint
-    from .config import ConfigError
+    from iqa.inference.errors import IQAError
+
+    from .checkpoint import atomic_save, load_checkpoint
     from .export import ExportError
     from .heads import fit_calibration
     from .plots import calibration_plot
 
+    plot = args.output.with_suffix(".png")
+    problem = option_problem(
+        {"--per-distortion": (args.per_distortion, 1, False),
+         # Two knots are the lowest and highest prediction: fewer read the fit at one point
+         # and flatten the curve (1 put clean photos at 0.157).
+         "--knots": (args.knots, 2, False),
+         "--seed": (args.seed, 0, False),
+         "--threads": (args.threads, 1, False),
+         "--pixel-budget": (args.pixel_budget, 1, False)},
+        [(args.output, "-o"), (plot, "the plot (-o with .png)")], args.checkpoint)
+    if problem:
+        print(f"iqa calibrate: {problem}", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -164,8 +246,8 @@ def run(args: argparse.Namespace) -> int:
             # The serving policy is chosen here, not at export: the calibration must be
             # fitted on the views the exported file will see.
             model.preprocessing = replace(model.preprocessing, pixel_budget=args.pixel_budget)
-        root, photos = training_photos(checkpoint, args.photos, args.subsets)
-    except (FileNotFoundError, KeyError, ValueError, ConfigError, ExportError) as exc:
+        root, photos = training_photos(checkpoint, args.photos, args.subsets, args.data_root)
+    except (KeyError, ValueError, IQAError, ExportError) as exc:
         print(f"iqa calibrate: {exc}", file=sys.stderr)
         return 2
 
@@ -202,9 +284,7 @@ def run(args: argparse.Namespace) -> int:
     out = weights_checkpoint(checkpoint, model, {"calibration": report})
     if args.pixel_budget is not None:
         out["preprocessing"] = json.loads(model.preprocessing.to_json())
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(out, args.output)
-    plot = args.output.with_suffix(".png")
+    atomic_save(out, args.output)
     calibration_plot(plot, mos, targets, names, knots)
     clean = report["by_distortion"].get("clean", {})
     print(f"wrote {args.output} and {plot}\n"

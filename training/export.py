@@ -47,6 +47,7 @@ from .half_weights import (
 )
 
 DEFAULT_OPSET = 17  # the TorchScript exporter's best-tested opset; onnxruntime 1.17+ runs it
+MIN_OPSET = 17  # the contract's
 PARITY_ATOL = 1e-4
 WEIGHT_STORAGE = ("float32", "float16")
 
@@ -217,8 +218,9 @@ def export_onnx(
     """
     import onnx
 
-    if opset < 17:
-        raise ExportError(f"opset {opset} is too old: the contract needs opset 17 or newer")
+    if opset < MIN_OPSET:
+        raise ExportError(f"opset {opset} is too old: the contract needs opset {MIN_OPSET} "
+                          "or newer")
     if weights not in WEIGHT_STORAGE:
         raise ExportError(f"weights must be one of {', '.join(WEIGHT_STORAGE)}, not {weights!r}")
     preprocessing = preprocessing or model.preprocessing
@@ -308,15 +310,18 @@ def check_parity(
     onnx_path: str | os.PathLike,
     inputs: list[np.ndarray] | None = None,
     atol: float = PARITY_ATOL,
+    label: str | None = None,
 ) -> ParityReport:
-    """Compare torch and onnxruntime outputs; raise ParityError beyond ``atol``."""
+    """Compare torch and onnxruntime outputs; raise ParityError beyond ``atol``, or where
+    either gives NaN. ``label`` names the model in messages (default ``onnx_path``)."""
     import onnxruntime as ort
     import torch
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     if names != output_names(model):
-        raise ParityError(f"{onnx_path}: outputs {names}, torch model has {output_names(model)}")
+        raise ParityError(f"{label or onnx_path}: outputs {names}, torch model has "
+                          f"{output_names(model)}")
     view = _detail_view(model)
     if inputs is None:
         if view is not None:
@@ -339,7 +344,7 @@ def check_parity(
             expected = expected if isinstance(expected, tuple) else (expected,)
             got = session.run(names, feed)
             for name, e, g in zip(names, expected, got, strict=True):
-                worst[name] = max(worst[name], float(np.abs(g - e.cpu().numpy()).max()))
+                worst[name] = max(worst[name], max_abs_difference(e.cpu().numpy(), g))
     finally:
         model.train(was_training)
     worst_score = max(worst[SCORE_OUTPUT], worst.get(MOS_OUTPUT, 0.0))
@@ -347,8 +352,16 @@ def check_parity(
     shapes = tuple((b[INPUT_NAME] if isinstance(b, dict) else b).shape for b in inputs)
     report = ParityReport(worst_score, worst_factors, shapes)
     if worst_score > atol or worst_factors > atol:
-        raise ParityError(f"{onnx_path}: torch and onnxruntime disagree beyond {atol}: {report}")
+        raise ParityError(f"{label or onnx_path}: torch and onnxruntime disagree beyond {atol}: "
+                          f"{report}")
     return report
+
+
+def max_abs_difference(expected: np.ndarray, got: np.ndarray) -> float:
+    """max |expected - got|, infinite where either holds NaN: a NaN compares False with
+    any tolerance, so it would otherwise pass as a perfect match."""
+    diff = np.abs(np.asarray(got, np.float64) - np.asarray(expected, np.float64))
+    return float("inf") if np.isnan(diff).any() else float(diff.max())
 
 
 # ------------------------------------------------------------------ checkpoint -> ONNX
@@ -470,47 +483,107 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip comparing torch and onnxruntime outputs")
 
 
+def max_opset(exporter: str) -> int:
+    """The newest opset torch's ``exporter`` writes; a newer one fails inside torch."""
+    from torch.onnx import _constants
+
+    if exporter == "dynamo":
+        return int(getattr(_constants, "ONNX_MAX_OPSET", 23))
+    return int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20))
+
+
+def option_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the options and output paths, or None; checked before the
+    checkpoint is loaded, so that no export is made only to be refused."""
+    from .checkpoint import output_problem
+    from .quantize import int8_path_for
+
+    newest = max_opset(args.exporter)
+    if not MIN_OPSET <= args.opset <= newest:
+        return (f"--opset must be {MIN_OPSET} to {newest} (the contract needs {MIN_OPSET} or "
+                f"newer; torch's {args.exporter} exporter writes up to {newest}), "
+                f"got {args.opset}")
+    if args.quantize and args.weights != "float32":
+        return "--quantize needs --weights float32: it quantizes from float32"
+    outputs = [(args.output, "-o")]
+    if args.quantize:
+        outputs.append((int8_path_for(args.output), "--quantize's int8 file"))
+    for path, option in outputs:
+        problem = output_problem(path, option, inputs=[args.checkpoint])
+        if problem:
+            return problem
+    return None
+
+
+def _fail(message, code: int) -> int:
+    print(f"iqa export: {message}", file=sys.stderr)
+    return code
+
+
 def run(args: argparse.Namespace) -> int:
-    from iqa.training.checkpoint import load_checkpoint
-
-    try:
-        checkpoint = load_checkpoint(args.checkpoint)
-    except FileNotFoundError as exc:
-        print(f"iqa export: {exc}", file=sys.stderr)
-        return 2
+    """Exit 2 when the options, paths or checkpoint are wrong (checked before any export),
+    1 when the export itself fails (parity, quantization), as `iqa score` does."""
     from iqa.training import export_multiview as v2
+    from iqa.training.checkpoint import CheckpointError, atomic_path, load_checkpoint
 
+    problem = option_problem(args)
+    if problem:
+        return _fail(problem, 2)
     try:
-        metadata = checkpoint_metadata(checkpoint, args.checkpoint, args.model_version)
-        if args.quantize and args.weights != "float32":
-            raise ExportError("--quantize needs --weights float32: it quantizes from float32")
-        if v2.is_multiview(checkpoint):
-            if args.quantize or args.exporter != "torchscript" or args.weights != "float32":
-                raise ExportError("--quantize, --weights float16 and --exporter dynamo support "
-                                  "QualityNet models only")
-            model = v2.model_from_checkpoint(checkpoint)
-            path = v2.export_multiview_onnx(model, args.output, metadata, opset=args.opset)
-        else:
-            model = model_from_checkpoint(checkpoint)
-            path = export_onnx(model, args.output, metadata=metadata, opset=args.opset,
-                               exporter=args.exporter, weights=args.weights)
-        size_mb = path.stat().st_size / 1e6
-        print(f"wrote {path} ({size_mb:.1f} MB, opset {args.opset})")
-        if not args.no_parity_check:
-            check = v2.check_multiview_parity if v2.is_multiview(model) else check_parity
-            atol = FP16_PARITY_ATOL if args.weights == "float16" else PARITY_ATOL
-            print(f"parity: {check(model, path, atol=atol)}")
-        if args.quantize:
-            from iqa.training.quantize import calibration_images_from, quantize_onnx
+        images = None
+        if args.quantize and args.quantize_method == "static":
+            from iqa.training.quantize import calibration_images_from
 
             images = calibration_images_from(args.calibration_images)
-            int8 = quantize_onnx(path, images=images, method=args.quantize_method,
+        checkpoint = load_checkpoint(args.checkpoint)
+        metadata = checkpoint_metadata(checkpoint, args.checkpoint, args.model_version)
+        multiview = v2.is_multiview(checkpoint)
+        if multiview and (args.quantize or args.exporter != "torchscript"
+                          or args.weights != "float32"):
+            raise ExportError("--quantize, --weights float16 and --exporter dynamo support "
+                              "QualityNet models only")
+        model = v2.model_from_checkpoint(checkpoint) if multiview else model_from_checkpoint(
+            checkpoint)
+    except (CheckpointError, ExportError) as exc:
+        return _fail(exc, 2)
+
+    out = args.output
+    try:
+        # Written beside -o and moved over it only once checked: a failed export or parity
+        # check never replaces a good model already there.
+        with atomic_path(out) as tmp:
+            if multiview:
+                v2.export_multiview_onnx(model, tmp, metadata, opset=args.opset)
+            else:
+                export_onnx(model, tmp, metadata=metadata, opset=args.opset,
+                            exporter=args.exporter, weights=args.weights)
+            if not args.no_parity_check:
+                check = v2.check_multiview_parity if multiview else check_parity
+                atol = FP16_PARITY_ATOL if args.weights == "float16" else PARITY_ATOL
+                try:
+                    parity = check(model, tmp, atol=atol, label=str(out))
+                except ParityError as exc:
+                    # Kept for a look, under a name no scorer would take for the model.
+                    failed = out.with_name(f"{out.stem}.parity-failed{out.suffix}")
+                    try:
+                        os.replace(tmp, failed)
+                        kept = f"the failed export is {failed}"
+                    except OSError:
+                        kept = "the failed export was not kept"
+                    raise ParityError(f"{exc}; {out} was not written ({kept}; "
+                                      "--no-parity-check writes it anyway)") from exc
+        print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, opset {args.opset})")
+        if not args.no_parity_check:
+            print(f"parity: {parity}")
+        if args.quantize:
+            from iqa.training.quantize import quantize_onnx
+
+            int8 = quantize_onnx(out, images=images, method=args.quantize_method,
                                  calibration=args.calibration_method)
-            report = compare_int8(path, int8, model.preprocessing)
+            report = compare_int8(out, int8, model.preprocessing)
             print(f"wrote {int8} ({int8.stat().st_size / 1e6:.1f} MB); {report}")
     except ExportError as exc:
-        print(f"iqa export: {exc}", file=sys.stderr)
-        return 1
+        return _fail(exc, 1)
     return 0
 
 

@@ -34,6 +34,7 @@ from .export import (
     ParityError,
     ParityReport,
     default_metadata,
+    max_abs_difference,
     parity_images,
     set_metadata,
 )
@@ -61,7 +62,7 @@ def model_from_checkpoint(checkpoint: dict):
         model.heads.calibration.set_knots(state["heads.calibration.knots_x"],
                                           state["heads.calibration.knots_y"])
         model.load_state_dict(state, strict=True)
-    except (TypeError, RuntimeError, KeyError) as exc:
+    except (TypeError, RuntimeError, KeyError, ValueError) as exc:
         raise ExportError(f"cannot rebuild the v2 model from the checkpoint: {exc}") from exc
     if checkpoint.get("preprocessing"):
         model.preprocessing = Preprocessing.from_json(json.dumps(checkpoint["preprocessing"]))
@@ -113,8 +114,10 @@ def parity_inputs(prep: Preprocessing, view: DetailView) -> list[dict[str, np.nd
     return batches
 
 
-def check_multiview_parity(model, onnx_path, atol: float = PARITY_ATOL) -> ParityReport:
-    """Compare every output of torch and onnxruntime; raise ParityError beyond ``atol``."""
+def check_multiview_parity(model, onnx_path, atol: float = PARITY_ATOL,
+                           label: str | None = None) -> ParityReport:
+    """Compare every output of torch and onnxruntime; raise ParityError beyond ``atol`` or
+    on NaN. ``label`` names the model in messages (default ``onnx_path``)."""
     import onnxruntime as ort
     import torch
 
@@ -128,9 +131,10 @@ def check_multiview_parity(model, onnx_path, atol: float = PARITY_ATOL) -> Parit
                              torch.from_numpy(batch[DETAIL_INPUT]))
         got = session.run(list(OUTPUTS), batch)
         for name, e, g in zip(OUTPUTS, expected, got, strict=True):
-            worst[name] = max(worst[name], float(np.abs(e.numpy() - g).max()))
+            worst[name] = max(worst[name], max_abs_difference(e.numpy(), g))
     report = ParityReport(max(worst[SCORE_OUTPUT], worst[MOS_OUTPUT]), worst[FACTORS_OUTPUT],
                           tuple(b[INPUT_NAME].shape for b in batches))
     if max(worst.values()) > atol:
-        raise ParityError(f"{onnx_path}: torch and onnxruntime disagree beyond {atol}: {worst}")
+        raise ParityError(f"{label or onnx_path}: torch and onnxruntime disagree beyond {atol}: "
+                          f"{worst}")
     return report

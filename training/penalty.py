@@ -75,6 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="positions per axis and cell that --placement textured chooses "
                         "from (default 3)")
     add_photo_arguments(parser)
+    parser.add_argument("--split-file", type=Path,
+                        help="the run's split.csv (default: the one beside the checkpoint), "
+                        "whose training rows give the level prior; validation photos never do")
     parser.add_argument("--reads", choices=("both", "detail"), default="both",
                         help="what the penalty reads: both views' pooled features (default: "
                         "it can learn what the mosaic shows beyond the global view) or the "
@@ -287,17 +290,71 @@ def training_data(checkpoint: dict, report: dict) -> str:
             "photos (training data only)")
 
 
+def rated_training_mos(checkpoint: dict, split_file: Path, data_root: Path | None = None
+                       ) -> np.ndarray:
+    """The MOS of the run's rated training photos: the rows of its split file in the run's
+    training split, matched to the dataset on their path relative to it (two photos of one
+    name in different folders stay apart). Without the split file there is no telling
+    training from validation photos, so it is refused rather than guessed."""
+    from .calibrate import run_data_path
+    from .datasets import load_dataset
+    from .datasets.splits import apply_split, load_split_csv
+
+    data = (checkpoint.get("config") or {}).get("data") or {}
+    if not data.get("dataset"):
+        raise ValueError("the run trained on synthetic photos only (data.dataset is null): "
+                         "the penalty's level prior needs the MOS of its rated training photos")
+    if not split_file.is_file():
+        raise ValueError(f"no split file at {split_file}: the level prior is fitted on the "
+                         "run's training photos only, which its split.csv names; pass "
+                         "--split-file (the split.csv `iqa train` wrote in the run folder)")
+    root = run_data_path(checkpoint, "data.root", data_root)
+    if root is None or not root.is_dir():
+        where = " under --data-root" if data_root else ""
+        hint = "" if data_root else "; pass --data-root if the data moved"
+        raise ValueError(f"the run's data.root{where} is not a folder: {root}{hint}")
+    records = load_dataset(data["dataset"], root, **(data.get("options") or {}))
+    assignment = load_split_csv(split_file)
+    train_split = (data.get("split") or {}).get("train", "train")
+    listed = sum(split == train_split for split in assignment.values())
+    train = [r for r in apply_split(records, assignment, strict=False) if r.split == train_split]
+    if not listed:
+        raise ValueError(f"{split_file} has no '{train_split}' row: not the split of this run")
+    if len(train) < listed:
+        raise ValueError(f"{listed - len(train)} of the {listed} '{train_split}' rows of "
+                         f"{split_file} match no {data['dataset']} image under {root}: not "
+                         "this run's split, or the dataset changed")
+    return np.asarray([r.mos for r in train], dtype=np.float64)
+
+
 def run(args: argparse.Namespace) -> int:
     import json
 
     import torch
 
-    from .calibrate import training_photos, weights_checkpoint
-    from .checkpoint import load_checkpoint
-    from .config import ConfigError
-    from .export import ExportError
-    from .levels import level_to_mos_prior, training_mos
+    from iqa.inference.errors import IQAError
 
+    from .calibrate import option_problem, training_photos, weights_checkpoint
+    from .checkpoint import atomic_path, atomic_save, load_checkpoint
+    from .export import ExportError
+    from .levels import level_to_mos_prior
+
+    problem = option_problem(
+        {"--grid": (args.grid, 1, False),
+         # The contract's patch is a multiple of the backbone's stride (DetailView).
+         "--patch": (args.patch, 32, False),
+         "--candidates": (args.candidates, 2 if args.placement == "textured" else 1, False),
+         "--per-distortion": (args.per_distortion, 1, False),
+         "--seed": (args.seed, 0, False),
+         "--threads": (args.threads, 1, False)},
+        [(args.output, "-o"), (args.json, "--json")], args.checkpoint)
+    if not problem and args.patch % 32:
+        problem = f"--patch must be a multiple of 32 (the backbone's stride), got {args.patch}"
+    if not problem and not args.no_gate and not 0 < args.gate[0] < args.gate[1]:
+        problem = f"--gate needs 0 < LOW < HIGH, got {args.gate[0]:g} {args.gate[1]:g}"
+    if problem:
+        print(f"iqa penalty: {problem}", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -305,9 +362,10 @@ def run(args: argparse.Namespace) -> int:
         model = penalty_model(checkpoint, args.grid, args.patch, args.reads == "both",
                               None if args.no_gate else tuple(args.gate),
                               kind=f"{args.placement}_fragments", candidates=args.candidates)
-        prior = level_to_mos_prior(training_mos(checkpoint, args.checkpoint.parent))
-        root, photos = training_photos(checkpoint, args.photos, args.subsets)
-    except (FileNotFoundError, KeyError, ValueError, ConfigError, ExportError) as exc:
+        split_file = args.split_file or args.checkpoint.parent / "split.csv"
+        prior = level_to_mos_prior(rated_training_mos(checkpoint, split_file, args.data_root))
+        root, photos = training_photos(checkpoint, args.photos, args.subsets, args.data_root)
+    except (KeyError, ValueError, IQAError, ExportError) as exc:
         print(f"iqa penalty: {exc}", file=sys.stderr)
         return 2
 
@@ -339,11 +397,11 @@ def run(args: argparse.Namespace) -> int:
     out = weights_checkpoint(checkpoint, model, {"detail_penalty": report,
                                                  "training_data": training_data(checkpoint,
                                                                                 report)})
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(out, args.output)
+    atomic_save(out, args.output)
     if args.json:
-        args.json.write_text(json.dumps({"checkpoint": str(args.checkpoint), **report},
-                                        indent=1))
+        with atomic_path(args.json) as part:
+            part.write_text(json.dumps({"checkpoint": str(args.checkpoint), **report},
+                                       indent=1))
     print(f"ridge alpha {fit.alpha:g} (grouped {GROUP_FOLDS}-fold CV over source photos)")
     print("| versions | n | MOS above target | penalty | after |\n|---|---:|---:|---:|---:|")
     for name, row in report["by_distortion"].items():

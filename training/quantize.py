@@ -141,6 +141,7 @@ def quantize_onnx(
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from iqa.training.checkpoint import atomic_path
     from iqa.training.export import ExportError, set_metadata
 
     fp32_path = Path(fp32_path)
@@ -148,6 +149,9 @@ def quantize_onnx(
     metadata = _read_metadata(fp32_path)
     preprocessing = Preprocessing.from_json(metadata[META_PREPROCESSING])
     with tempfile.TemporaryDirectory() as tmp, _quiet_quantizer():
+        # Quantized in the temp folder and moved to out_path only once complete, so that a
+        # failure never leaves a half-written int8 file in place of a good one.
+        quantized = Path(tmp) / "int8.onnx"
         # Folds BatchNorm and infers shapes first, as onnxruntime recommends.
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
@@ -158,7 +162,7 @@ def quantize_onnx(
                                   f"({', '.join(CALIBRATION_METHODS)})")
             reader = _CalibrationReader(images or calibration_images_from(None), preprocessing)
             try:
-                quantize_static(str(prepared), str(out_path), reader,
+                quantize_static(str(prepared), str(quantized), reader,
                                 quant_format=QuantFormat.QDQ, per_channel=True,
                                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                                 calibrate_method=getattr(CalibrationMethod, calibrate_method))
@@ -170,11 +174,12 @@ def quantize_onnx(
             detail = (f"static QDQ, per-channel int8 weights, uint8 activations, "
                       f"{calibration} calibration on {len(reader.images)} images")
         elif method == "dynamic":
-            quantize_dynamic(str(prepared), str(out_path), weight_type=QuantType.QInt8)
+            quantize_dynamic(str(prepared), str(quantized), weight_type=QuantType.QInt8)
             detail = "dynamic, int8 weights"
         else:
             raise ExportError(f"unknown quantization method '{method}' (static or dynamic)")
-    proto = onnx.load(str(out_path))
+        proto = onnx.load(str(quantized))
     set_metadata(proto, {**metadata, META_QUANTIZATION: detail})
-    onnx.save_model(proto, str(out_path), save_as_external_data=False)
+    with atomic_path(out_path) as part:
+        onnx.save_model(proto, str(part), save_as_external_data=False)
     return out_path
