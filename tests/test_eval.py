@@ -183,6 +183,17 @@ def test_eval_uses_the_split_column_and_split_files(generic_csv_dataset, tiny_mo
     assert main([*common, "--split-file", str(split_file), "--split", "test",
                  "--output-dir", str(out)]) == 0
     assert {Path(r["path"]) for r in _read_predictions(out)} == chosen
+    # A trainer's split file names its held-out rows val: the default takes them, and a
+    # split the file lacks is named with the ones it has.
+    as_val = [replace(r, split="val" if r.split == "test" else r.split) for r in labelled]
+    val_file = save_split_csv(as_val, tmp_path / "val_split.csv")
+    out = tmp_path / "by-val-file"
+    assert main([*common, "--split-file", str(val_file), "--output-dir", str(out)]) == 0
+    assert {Path(r["path"]) for r in _read_predictions(out)} == chosen
+    capsys.readouterr()
+    assert main([*common, "--split-file", str(val_file), "--split", "test",
+                 "--output-dir", str(out)]) == 1
+    assert "has no such rows (its splits: train, val)" in capsys.readouterr().err
     capsys.readouterr()
     assert main([*common, "--split-file", str(tmp_path / "typo.csv"),
                  "--output-dir", str(out)]) == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from test_train_fakes import CONFIGS, REPO
+from test_train_fakes import CONFIGS, REPO, fake_data_root
 
 from iqa.inference.cli import main
 
@@ -44,3 +44,40 @@ def test_config_errors_are_clear(tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path)]) == 2
     assert "nothing to resume from" in capsys.readouterr().err
+
+
+def test_missing_data_is_named_with_its_data_root_and_leaves_no_run_folder(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", str(CONFIGS / "livec.yaml"), "--data-root", str(tmp_path / "nowhere"),
+                 "--output", str(run_dir), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"dataset root not found: {tmp_path / 'nowhere' / 'livec'}" in err
+    assert "--data-root" in err and "IQA_DATA_ROOT" in err
+    assert not run_dir.exists()
+
+
+def test_bad_command_line_values_exit_2_without_a_traceback(tmp_path, capsys):
+    assert main(["train", str(CONFIGS / "livec.yaml"), "--threads", "-1"]) == 2
+    assert "--threads must be >= 1, got -1" in capsys.readouterr().err
+    assert main(["train", str(CONFIGS / "livec.yaml"), "--set", "optim.lr=abc"]) == 2
+    assert "optim.lr must be a number, got 'abc'" in capsys.readouterr().err
+    not_a_folder = tmp_path / "file.txt"
+    not_a_folder.write_text("x")
+    fake = tmp_path / "fake"
+    fake_data_root(fake)
+    assert main(["train", str(CONFIGS / "livec.yaml"), "--data-root", str(fake),
+                 "--output", str(not_a_folder)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_multiview_recipes_check_their_config_too(tmp_path, capsys):
+    recipe = str(CONFIGS / "livec_v2.yaml")
+    assert main(["train", recipe, "--set", "cv.fnial=false", "--output", str(tmp_path / "a")]) == 2
+    assert "unknown config key 'cv.fnial'" in capsys.readouterr().err
+    assert main(["train", recipe, "--set", "cv.folds=abc", "--output", str(tmp_path / "b")]) == 2
+    assert "cv.folds must be a whole number, got 'abc'" in capsys.readouterr().err
+    assert main(["train", recipe, "--set", "heads.typo=1", "--output", str(tmp_path / "c")]) == 2
+    assert "unknown config key 'heads.typo'" in capsys.readouterr().err
+    assert main(["train", recipe, "--device", "cuda", "--output", str(tmp_path / "d")]) == 2
+    assert "on the CPU" in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in "abcd")

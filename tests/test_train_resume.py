@@ -4,6 +4,7 @@ uninterrupted run ends: same parameters, optimizer state, step count and logged 
 from __future__ import annotations
 
 import csv
+import json
 
 import torch
 from test_train_fakes import (  # noqa: F401  (fixtures)
@@ -66,3 +67,38 @@ def test_killed_run_resumes_exactly(fake_root, feature_cache_dir, tmp_path, monk
     assert a["best_metric"] == b["best_metric"]
     assert rows(full) == rows(killed)  # replayed steps were not logged twice
     assert len([r for r in rows(full) if r[0] == "val"]) == 2
+
+
+def test_resume_into_another_folder_carries_the_run_over(fake_root, feature_cache_dir,  # noqa: F811
+                                                         tmp_path, monkeypatch, one_thread,  # noqa: F811
+                                                         capsys):
+    sets = tiny_overrides(feature_cache_dir, steps=None, batch_size=3) + [
+        "optim.epochs=2", "checkpoint_every_steps=3", "data.split.val_fraction=0.2"]
+    base = cli_args(str(CONFIGS / "livec.yaml"), "--data-root", str(fake_root), "--no-progress",
+                    "--threads", one_thread, sets=sets)
+    source, fork = tmp_path / "source", tmp_path / "fork"
+    monkeypatch.setenv(STOP_AFTER_ENV, "5")  # past epoch 1's validation and best.pt
+    assert main(["train", *base, "--output", str(source)]) == 3
+    monkeypatch.delenv(STOP_AFTER_ENV)
+    assert (source / "best.pt").is_file()
+
+    capsys.readouterr()
+    assert main(["train", "--resume", str(source), "--output", str(fork), "--no-progress",
+                 "--threads", one_thread]) == 0
+    assert "its best.pt and logs copied over" in capsys.readouterr().err
+    # best.pt is the epoch the summary names, whichever epoch that is, and the fork's log
+    # begins at step 1 like an uninterrupted run's.
+    summary = json.loads((fork / "summary.json").read_text())
+    best = torch.load(fork / "best.pt", weights_only=False)
+    assert best["best_validation"] == summary["best_validation"]
+    assert [r[2] for r in rows(fork) if r[0] == "train"] == [str(s) for s in range(1, 9)]
+    assert len([r for r in rows(fork) if r[0] == "val"]) == 2
+    assert torch.load(source / "last.pt", weights_only=False)["step"] == 4  # left as it was
+
+    # A folder that holds something is not mixed into; a complete run has nothing to do.
+    assert main(["train", "--resume", str(source), "--output", str(fork), "--no-progress"]) == 2
+    assert "is not empty" in capsys.readouterr().err
+    before = (fork / "run_info.json").read_text()
+    assert main(["train", "--resume", str(fork), "--no-progress"]) == 0
+    assert "nothing to train" in capsys.readouterr().err
+    assert (fork / "run_info.json").read_text() == before

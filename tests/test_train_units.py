@@ -4,6 +4,7 @@ pool, feature cache, checkpoints and the metrics log."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +85,14 @@ def test_data_root_precedence_cli_then_env_then_config(tmp_path, monkeypatch):
     ("data:\n  split:\n    method: kfold\n", "data.split.method must be"),
     ("- a list\n", "top level must be a mapping"),
     ("base: loop.yaml\n", "loops back"),
-    ("optim:\n  batch_size: 0\n", "optim.batch_size must be at least 1"),
+    ("optim:\n  batch_size: 0\n", "optim.batch_size must be >= 1, got 0"),
+    # Values of the wrong kind are refused by key before anything reads them.
+    ("optim: 5\n", "optim must be a section"),
+    ("data:\n  split: random\n", "data.split must be a section"),
+    ("synthetic:\n  subsets: kodak24\n", "synthetic.subsets must be a list of strings or null"),
+    ("optim:\n  lr: fast\n", "optim.lr must be a number, got 'fast'"),
+    ("optim:\n  lr: -1.0e-3\n", r"optim.lr must be > 0"),
+    ("model:\n  dropout: 1.5\n", "model.dropout must be < 1"),
 ])
 def test_config_errors_name_the_problem(tmp_path, text, message):
     path = tmp_path / "loop.yaml"
@@ -98,6 +106,37 @@ def test_override_errors():
         build_config(CONFIGS / "livec.yaml", ["optim.nope=1"])
     with pytest.raises(ConfigError, match="key.sub=value"):
         build_config(CONFIGS / "livec.yaml", ["optim.lr"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.batch_size=abc", "optim.batch_size must be a whole number, got 'abc'"),
+    ("optim.epochs=1.7", "optim.epochs must be a whole number, got 1.7"),
+    ("optim.epochs=null", "optim.epochs must be a whole number, got None"),
+    ("augment.flip=nope", "augment.flip must be true or false, got 'nope'"),
+    ("optim.amp=maybe", "optim.amp must be true or false"),
+    ("seed=abc", "seed must be a whole number"),
+    ("loss.mos_weight=abc", "loss.mos_weight must be a number"),
+    ("synthetic.severity_weak=0.2", "synthetic.severity_weak must be a list of two numbers"),
+    ("loss.level_weights=5", "loss.level_weights must be a mapping of names to numbers"),
+    ("augment.crop=abc", "augment.crop must be a whole number or null"),
+    # The section itself is named, not the override after it.
+    ("optim=5", "'optim' is a section, in 'optim=5'; set one of its keys instead"),
+])
+def test_overrides_of_the_wrong_kind_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build_config(CONFIGS / "livec.yaml", [override, "optim.max_steps=1"])
+
+
+def test_kinds_that_mean_the_same_are_accepted(tmp_path):
+    # YAML 1.1 reads 3e-4 as a string; a whole number is a number; a mapping given to a
+    # section merges into it rather than replacing it.
+    path = tmp_path / "r.yaml"
+    path.write_text(f"base: {CONFIGS / 'livec.yaml'}\noptim:\n  lr: 3e-4\n  grad_clip: 2\n")
+    cfg = build_config(path, ["optim={epochs: 3}"], cwd=tmp_path)
+    assert cfg["optim"]["lr"] == pytest.approx(3e-4) and cfg["optim"]["grad_clip"] == 2
+    assert cfg["optim"]["epochs"] == 3 and cfg["optim"]["batch_size"] == 16
+    with pytest.raises(ConfigError, match="unknown config key 'optim.lr_max'"):
+        build_config(path, ["optim={lr_max: 3}"], cwd=tmp_path)
 
 
 # --------------------------------------------------------------------------- losses

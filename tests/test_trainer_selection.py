@@ -260,8 +260,8 @@ def test_resume_checks_the_data_and_reseeds_another_world_size(
     torch.save({**state, "steps_per_epoch": 99}, run_dir / "last.pt")
     capsys.readouterr()
     assert main(resume) == 2
-    assert ("the data changed since the checkpoint was written: 99 steps per epoch then, "
-            "3 now") in capsys.readouterr().err
+    assert ("the steps per epoch changed since the checkpoint was written (99 then, 3 now): "
+            "optim.batch_size or the training data differ") in capsys.readouterr().err
 
     # A checkpoint of a 2-process run resumed by one process: warned, reseeded, finished.
     # It also predates the history and best_validation keys, as early checkpoints do.

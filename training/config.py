@@ -141,30 +141,135 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+# What a key may hold, where its default alone does not say (None, or a list or a free-form
+# section whose items have a kind). Every other key holds what its default holds; an int
+# default takes only whole numbers, a float default any number.
+KINDS: dict[str, tuple[str, ...]] = {
+    "data_root": ("str", "null"),
+    "data.dataset": ("str", "null"),
+    "data.root": ("str", "null"),
+    "data.split_csv": ("str", "null"),
+    "data.max_train_images": ("int", "null"),
+    "data.max_val_images": ("int", "null"),
+    "synthetic.root": ("str", "null"),
+    "synthetic.subsets": ("list:str", "null"),
+    "synthetic.max_photos": ("int", "null"),
+    "synthetic.distortions": ("list:str", "null"),
+    "synthetic.severity_weak": ("pair:number",),
+    "synthetic.severity_gap": ("pair:number",),
+    "model.pretrained": ("bool", "str"),
+    "model.pool_stages": ("list:int",),
+    "model.detail_grid": ("int", "null"),
+    "augment.crop": ("int", "null"),
+    "loss.pristine_floor": ("number", "null"),
+    "loss.level_weights": ("dict:number",),
+    "optim.max_steps": ("int", "null"),
+}
+
 class ConfigError(IQAError):
     """A config file or override is malformed, has an unknown key, or a bad value."""
 
     error_type = "config_error"
 
 
-def _merge(base: dict, update: dict, where: str = "") -> dict:
+def _merge(base: dict, update: dict, where: str = "", defaults: dict | None = None) -> dict:
     out = copy.deepcopy(base)
     for key, value in update.items():
         path = f"{where}{key}"
         if key not in base:
             raise ConfigError(f"unknown config key '{path}'")
         if isinstance(base[key], dict) and isinstance(value, dict):
-            if _is_free_form(path.split(".")):
+            if _is_free_form(path.split("."), defaults):
                 # Loader options, preprocessing: whatever keys they are given, merged over
                 # a base config's (a recipe that builds on another adds to its keys).
                 out[key] = {**base[key], **copy.deepcopy(value)}
             elif base[key]:
-                out[key] = _merge(base[key], value, f"{path}.")
+                out[key] = _merge(base[key], value, f"{path}.", defaults)
             else:
                 out[key] = copy.deepcopy(value)
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+_DESCRIBE = {
+    "bool": "true or false", "int": "a whole number", "number": "a number",
+    "str": "a string", "null": "null", "dict": "a mapping",
+    "list:str": "a list of strings", "list:int": "a list of whole numbers",
+    "list:number": "a list of numbers", "pair:number": "a list of two numbers",
+    "dict:number": "a mapping of names to numbers",
+}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _fits(value: Any, kind: str) -> bool:
+    if kind.startswith("list:"):
+        return isinstance(value, list) and all(_fits(v, kind[5:]) for v in value)
+    if kind == "pair:number":
+        return isinstance(value, list) and len(value) == 2 and all(map(_is_number, value))
+    if kind == "dict:number":
+        return isinstance(value, dict) and all(map(_is_number, value.values()))
+    return {
+        "bool": lambda: isinstance(value, bool),
+        "int": lambda: isinstance(value, int) and not isinstance(value, bool),
+        "number": lambda: _is_number(value),
+        "str": lambda: isinstance(value, str),
+        "null": lambda: value is None,
+        "dict": lambda: isinstance(value, dict),
+    }[kind]()
+
+
+def _default_kinds(default: Any) -> tuple[str, ...]:
+    if isinstance(default, bool):
+        return ("bool",)
+    if isinstance(default, int):
+        return ("int",)
+    if isinstance(default, float):
+        return ("number",)
+    if isinstance(default, str):
+        return ("str",)
+    if isinstance(default, dict):
+        return ("dict",)
+    if isinstance(default, list):
+        return ("list:str",)
+    return ("null",)
+
+
+def _as_number(value: Any) -> Any:
+    """YAML 1.1 reads ``3e-4`` (no dot) as a string; in a recipe it means a number."""
+    if isinstance(value, str) and _EXPONENT_NUMBER.match(value):
+        return float(value)
+    return value
+
+
+def check_types(cfg: dict, defaults: dict | None = None,
+                kinds: dict[str, tuple[str, ...]] | None = None, where: str = "") -> dict:
+    """Refuse a value of the wrong kind (``optim.lr: abc``, ``augment.flip: nope``,
+    ``optim: 5``) by its key, before anything reads it; the defaults say what each key
+    holds, ``kinds`` where they cannot."""
+    defaults = DEFAULTS if defaults is None else defaults
+    kinds = KINDS if kinds is None else kinds
+    for key, default in defaults.items():
+        dotted = f"{where}{key}"
+        value = cfg.get(key, default)
+        if isinstance(default, dict) and default and dotted not in kinds:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{dotted} must be a section (a mapping of its keys), "
+                                  f"got {value!r}")
+            check_types(value, default, kinds, f"{dotted}.")
+            continue
+        allowed = kinds.get(dotted) or _default_kinds(default)
+        if "number" in allowed or "pair:number" in allowed:
+            value = [_as_number(v) for v in value] if isinstance(value, list) \
+                else _as_number(value)
+            cfg[key] = value
+        if not any(_fits(value, kind) for kind in allowed):
+            described = " or ".join(_DESCRIBE[kind] for kind in allowed)
+            raise ConfigError(f"{dotted} must be {described}, got {value!r}")
+    return cfg
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -187,7 +292,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return keys, value
 
 
-def apply_override(cfg: dict, text: str) -> None:
+def apply_override(cfg: dict, text: str, defaults: dict | None = None) -> None:
+    """Set one ``key.sub=value`` in ``cfg``, whose keys and free-form sections are
+    those of ``defaults`` (:data:`DEFAULTS` unless given)."""
     keys, value = parse_override(text)
     node = cfg
     for i, key in enumerate(keys[:-1]):
@@ -196,15 +303,24 @@ def apply_override(cfg: dict, text: str) -> None:
         node = node[key]
     if not isinstance(node, dict):
         raise ConfigError(f"'{'.'.join(keys[:-1])}' is not a section, in '{text}'")
-    free_form = node is not cfg and _is_free_form(keys[:-1])
+    free_form = node is not cfg and _is_free_form(keys[:-1], defaults)
     if keys[-1] not in node and not free_form:
         raise ConfigError(f"unknown config key '{'.'.join(keys)}' in '{text}'")
+    current = node.get(keys[-1])
+    if isinstance(current, dict) and not _is_free_form(keys, defaults):
+        # A section: a mapping merges into it (unknown keys refused), anything else would
+        # silently drop every key of it.
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{'.'.join(keys)}' is a section, in '{text}'; set one of its "
+                              f"keys instead, e.g. {'.'.join(keys)}.{next(iter(current), 'key')}"
+                              "=...")
+        value = _merge(current, value, f"{'.'.join(keys)}.", defaults)
     node[keys[-1]] = value
 
 
-def _is_free_form(keys: list[str]) -> bool:
+def _is_free_form(keys: list[str], defaults: dict | None = None) -> bool:
     """Whether the section at ``keys`` takes any keys: its default is an empty dict."""
-    node: Any = DEFAULTS
+    node: Any = DEFAULTS if defaults is None else defaults
     for key in keys:
         node = node.get(key) if isinstance(node, dict) else None
     return isinstance(node, dict) and not node
@@ -252,17 +368,60 @@ def resolve_paths(cfg: dict, data_root: str | Path | None = None, cwd: Path | No
     return cfg
 
 
+# (key, lowest value, whether the lowest itself is refused): ranges that would otherwise
+# fail deep inside training, or train something else than asked for without a word.
+_RANGES: tuple[tuple[str, float, bool], ...] = (
+    ("seed", 0, False),
+    ("checkpoint_every_steps", 1, False),
+    ("data.max_train_images", 1, False),
+    ("data.max_val_images", 1, False),
+    ("synthetic.max_photos", 1, False),
+    ("synthetic.groups_per_photo", 0, False),
+    ("synthetic.composed_per_photo", 0, False),
+    ("synthetic.compose_max_ops", 1, False),
+    ("synthetic.groups_per_epoch", 0, False),
+    ("model.head_hidden", 1, False),
+    ("model.dropout", 0, False),
+    ("model.freeze_blocks", 0, False),
+    ("model.detail_grid", 1, False),
+    ("model.detail_patch", 1, False),
+    ("augment.crop", 32, False),
+    ("loss.mos_weight", 0, False),
+    ("loss.smooth_l1_beta", 0, True),
+    ("loss.plcc_weight", 0, False),
+    ("loss.rank_weight", 0, False),
+    ("loss.synthetic_rank_weight", 0, False),
+    ("loss.synthetic_margin", 0, False),
+    ("loss.margin_per_severity", 0, False),
+    ("loss.factor_weight", 0, False),
+    ("loss.pristine_floor_weight", 0, False),
+    ("loss.level_weight", 0, False),
+    ("optim.epochs", 1, False),
+    ("optim.max_steps", 1, False),
+    ("optim.batch_size", 1, False),
+    ("optim.lr", 0, True),
+    ("optim.backbone_lr_mult", 0, False),
+    ("optim.weight_decay", 0, False),
+    ("optim.warmup_steps", 0, False),
+    ("optim.min_lr_ratio", 0, False),
+    ("optim.grad_clip", 0, True),
+    ("eval.batch_size", 1, False),
+    ("loader.num_workers", 0, False),
+)
+
+
 def validate(cfg: dict) -> dict:
-    """Check value ranges that would otherwise fail deep inside training."""
-    optim = cfg["optim"]
-    if int(optim["batch_size"]) < 1:
-        raise ConfigError("optim.batch_size must be at least 1")
-    if int(optim["epochs"]) < 1:
-        raise ConfigError("optim.epochs must be at least 1")
-    if optim["max_steps"] is not None and int(optim["max_steps"]) < 1:
-        raise ConfigError("optim.max_steps must be at least 1 (or null)")
-    if int(cfg["checkpoint_every_steps"]) < 1:
-        raise ConfigError("checkpoint_every_steps must be at least 1")
+    """Check kinds and value ranges that would otherwise fail deep inside training."""
+    from iqa.inference.option_ranges import out_of_range
+
+    check_types(cfg)
+    problem = out_of_range({key: (get(cfg, key), low, strict) for key, low, strict in _RANGES})
+    if problem:
+        raise ConfigError(problem)
+    if not cfg["model"]["dropout"] < 1:
+        raise ConfigError(f"model.dropout must be < 1, got {cfg['model']['dropout']}")
+    if not cfg["optim"]["min_lr_ratio"] <= 1:
+        raise ConfigError(f"optim.min_lr_ratio must be <= 1, got {cfg['optim']['min_lr_ratio']}")
     method = cfg["data"]["split"]["method"]
     if method not in ("official", "random", "csv", "none"):
         raise ConfigError(
@@ -270,7 +429,7 @@ def validate(cfg: dict) -> dict:
         )
     if method == "csv" and not cfg["data"]["split_csv"]:
         raise ConfigError("data.split.method is 'csv' but data.split_csv is not set")
-    if not 0.0 < float(cfg["data"]["split"]["val_fraction"]) < 1.0:
+    if not 0.0 < cfg["data"]["split"]["val_fraction"] < 1.0:
         raise ConfigError("data.split.val_fraction must be in (0, 1)")
     if cfg["loss"]["mos"] not in ("l1", "smooth_l1", "mse"):
         raise ConfigError(f"loss.mos must be l1, smooth_l1 or mse, got '{cfg['loss']['mos']}'")
@@ -285,15 +444,12 @@ def validate(cfg: dict) -> dict:
     syn = cfg["synthetic"]
     if syn["enabled"] and not syn["root"]:
         raise ConfigError("synthetic.enabled is true but synthetic.root is not set")
-    lo, hi = (float(v) for v in syn["severity_weak"])
-    glo, ghi = (float(v) for v in syn["severity_gap"])
+    lo, hi = syn["severity_weak"]
+    glo, ghi = syn["severity_gap"]
     if not (0.0 < lo <= hi < 1.0 and 0.0 < glo <= ghi):
         raise ConfigError("synthetic.severity_weak must be 0 < lo <= hi < 1 and gaps positive")
     if not cfg["data"]["dataset"] and not syn["enabled"]:
         raise ConfigError("nothing to train on: set data.dataset or enable synthetic")
-    crop = cfg["augment"]["crop"]
-    if crop is not None and int(crop) < 32:
-        raise ConfigError("augment.crop must be at least 32 pixels (or null for whole images)")
     return cfg
 
 
@@ -308,13 +464,14 @@ def build_config(
     """
     cfg = copy.deepcopy(DEFAULTS)
     if path is not None:
-        cfg = _load_file(Path(path), cfg, seen=())
+        cfg = load_file(Path(path), cfg)
     for text in overrides:
         apply_override(cfg, text)
-    return validate(resolve_paths(cfg, data_root, cwd))
+    return validate(resolve_paths(check_types(cfg), data_root, cwd))
 
 
-def _load_file(path: Path, cfg: dict, seen: tuple[Path, ...]) -> dict:
+def load_file(path: Path, cfg: dict, seen: tuple[Path, ...] = (),
+              defaults: dict | None = None) -> dict:
     """Merge a YAML file over ``cfg``; a ``base: other.yaml`` key (relative to this file)
     is merged first, so a recipe can restate only what differs from another."""
     import yaml
@@ -332,9 +489,9 @@ def _load_file(path: Path, cfg: dict, seen: tuple[Path, ...]) -> dict:
         base_path = (path.parent / str(base)).resolve()
         if base_path in seen:
             raise ConfigError(f"{path}: 'base' chain loops back to {base_path}")
-        cfg = _load_file(base_path, cfg, (*seen, path.resolve()))
+        cfg = load_file(base_path, cfg, (*seen, path.resolve()), defaults)
     try:
-        return _merge(cfg, loaded)
+        return _merge(cfg, loaded, defaults=defaults)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 

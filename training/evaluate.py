@@ -65,7 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--split", default="auto", choices=SPLIT_CHOICES,
         help="records to evaluate: 'auto' (default) is the official test split when the "
-        "dataset has one and every record otherwise; 'all' ignores splits",
+        "dataset has one and every record otherwise, or with --split-file its test rows, "
+        "else its val rows; 'all' ignores splits",
     )
     parser.add_argument(
         "--split-file", default=None, metavar="SPLIT.csv",
@@ -319,6 +320,18 @@ def select_records(records: list, split: str, split_file: str | None) -> tuple[l
         from iqa.training.datasets.splits import apply_split, load_split_csv
 
         records = apply_split(records, load_split_csv(split_file))
+        present = sorted({record.split for record in records})
+        if split == "auto":
+            # A trainer's split file names its held-out part val: evaluating "every record"
+            # would score its training images too.
+            held_out = [name for name in ("test", "val") if name in present]
+            if not held_out:
+                raise ValueError(f"--split-file {split_file} has no test or val rows (its "
+                                 f"splits: {', '.join(present)}); choose one with --split")
+            return select_split(records, held_out[0]), held_out[0]
+        if split != "all" and split not in present:
+            raise ValueError(f"--split {split}: {split_file} has no such rows (its splits: "
+                             f"{', '.join(present)})")
     if split == "all":
         return list(records), "all"
     if split == "auto":

@@ -75,7 +75,8 @@ def load(folder: str | Path) -> FeatureTable:
 
 
 def extract(make_samples: Callable[[frozenset[str]], Iterable], model, folder: str | Path, *,
-            total: int | None = None, desc: str = "features") -> FeatureTable:
+            total: int | None = None, desc: str = "features",
+            progress: bool = True) -> FeatureTable:
     """Compute (or reuse) pooled features into ``folder``.
 
     ``make_samples(done)`` yields the samples whose keys are not in ``done`` (the keys
@@ -118,7 +119,7 @@ def extract(make_samples: Callable[[frozenset[str]], Iterable], model, folder: s
     remaining = None if total is None else max(0, total - len(done))
     with torch.inference_mode():
         for sample in tqdm(make_samples(frozenset(done)), total=remaining, desc=desc,
-                           unit="img", mininterval=5):
+                           unit="img", mininterval=5, disable=not progress):
             inputs = to_model_inputs(Image.fromarray(sample.image), model.preprocessing,
                                      model.detail_view, sample.detail_source)
             feats = model.features(torch.from_numpy(inputs[INPUT_NAME])[None],

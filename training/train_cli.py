@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -116,12 +117,14 @@ def run(args: argparse.Namespace) -> int:
     import torch  # noqa: F401  (a missing torch must surface here, as the [train] extra)
 
     from iqa.inference.errors import IQAError
+    from iqa.inference.option_ranges import out_of_range
 
-    from . import checkpoint as ckpt
-    from .config import ConfigError, apply_override, build_config, dump_config, validate
-    from .distributed import broadcast_object, cleanup, init_distributed
-    from .trainer import StopRequested, Trainer
+    from .distributed import init_distributed
 
+    problem = out_of_range({"--threads": (args.threads, 1, False)})
+    if problem:
+        print(f"iqa train: error: {problem}", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(int(args.threads))
     if args.config and not args.resume and Path(args.config).is_file():
@@ -130,19 +133,52 @@ def run(args: argparse.Namespace) -> int:
         # A config that does not parse falls through to build_config's clear errors.
         if train_multiview.is_multiview_config(train_multiview.peek_config(args.config)):
             # Model v2: frozen backbone, cached features, heads (training/train_multiview.py).
-            return train_multiview.run(args.config, args.overrides, args.output,
-                                       args.data_root, args.threads)
-    info = init_distributed(None if args.device == "auto" else args.device)
+            try:
+                if args.device == "cuda":
+                    raise IQAError("--device cuda: a model.architecture multiview recipe "
+                                   "extracts frozen features on the CPU; leave --device out")
+                return train_multiview.run(args.config, args.overrides, args.output,
+                                           args.data_root, args.threads,
+                                           progress=not args.no_progress)
+            except (IQAError, FileNotFoundError) as exc:
+                print(f"iqa train: error: {exc}", file=sys.stderr)
+                return 2
+    try:
+        info = init_distributed(None if args.device == "auto" else args.device)
+    except IQAError as exc:
+        print(f"iqa train: error: {exc}", file=sys.stderr)
+        return 2
+    return _train(args, info)
+
+
+def _train(args: argparse.Namespace, info) -> int:
+    from iqa.inference.errors import IQAError
+
+    from . import checkpoint as ckpt
+    from .config import ConfigError, apply_override, build_config, dump_config, validate
+    from .distributed import broadcast_object, cleanup
+    from .trainer import StopRequested, Trainer
+
+    created = None  # a run folder this command made, removed if it fails before a checkpoint
     try:
         state = None
         if args.resume:
             path = ckpt.find_checkpoint(args.resume)
-            state = ckpt.load_checkpoint(path)
+            state = ckpt.load_checkpoint(path, resumable=True)
             cfg = state["config"]
             for text in args.overrides:  # e.g. more epochs; anything else breaks exactness
                 apply_override(cfg, text)
             cfg = validate(cfg)
-            run_dir = Path(args.output).resolve() if args.output else path.parent.resolve()
+            if _complete(state, cfg):
+                if info.is_main:
+                    print(f"{path} is the end of a complete run ({state['step']} steps, "
+                          f"{cfg['optim']['epochs']} epochs): nothing to train; to train "
+                          "longer, add --set optim.epochs=N", file=sys.stderr)
+                return 0
+            run_dir = path.parent.resolve()
+            if args.output and Path(args.output).resolve() != run_dir:
+                run_dir = _fork_run(path.parent, Path(args.output).resolve()) \
+                    if info.is_main else Path(args.output).resolve()
             if args.config and info.is_main:
                 print(f"resuming: using the config saved in {path}; {args.config} is ignored",
                       file=sys.stderr)
@@ -150,10 +186,15 @@ def run(args: argparse.Namespace) -> int:
             if not args.config:
                 raise ConfigError("give a CONFIG file (e.g. configs/livec.yaml) or --resume RUN")
             cfg = build_config(args.config, args.overrides, args.data_root)
+            _check_data_paths(cfg)
             run_dir = broadcast_object(info, _new_run_dir(cfg, args.output) if info.is_main else None)
             if (run_dir / ckpt.LAST).exists():
                 raise ConfigError(f"{run_dir} already holds a run (last.pt); continue it with "
                                   f"--resume {run_dir} or choose another --output")
+            if run_dir.exists() and not run_dir.is_dir():
+                raise ConfigError(f"--output {run_dir} is a file, not a folder")
+            if not run_dir.exists():
+                created = run_dir
         if info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, run_dir / "config.yaml")
@@ -171,9 +212,63 @@ def run(args: argparse.Namespace) -> int:
         return 3
     except (IQAError, FileNotFoundError) as exc:
         print(f"iqa train: error: {exc}", file=sys.stderr)
+        if created is not None and info.is_main and not (created / ckpt.LAST).exists():
+            # Nothing in it can be resumed; left behind, it would read as a run.
+            shutil.rmtree(created, ignore_errors=True)
         return 2
     finally:
         cleanup(info)
+
+
+def _complete(state: dict, cfg: dict) -> bool:
+    """Whether ``state`` is already at the end of the training ``cfg`` asks for."""
+    per_epoch = state.get("steps_per_epoch")
+    if not per_epoch:
+        return False
+    total = int(cfg["optim"]["epochs"]) * int(per_epoch)
+    if cfg["optim"]["max_steps"] is not None:
+        total = min(total, int(cfg["optim"]["max_steps"]))
+    return int(state["step"]) >= total
+
+
+# What a run folder holds besides its checkpoints and config, carried into a fork so that
+# best.pt, metrics.csv and run_info.json go on describing the same run.
+_RUN_FILES = ("best.pt", "metrics.csv", "run_info.json", "split.csv", "curves.png")
+
+
+def _fork_run(source: Path, target: Path) -> Path:
+    """``--resume A --output B``: B continues A's run, with A's record so far."""
+    from . import checkpoint as ckpt
+    from .config import ConfigError
+
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"--output {target} is a file, not a folder")
+    if target.is_dir() and any(target.iterdir()):
+        raise ConfigError(f"--output {target} is not empty; resuming into it would mix two "
+                          f"runs: give a new folder, or resume {source} in place")
+    target.mkdir(parents=True, exist_ok=True)
+    for name in _RUN_FILES:
+        if (source / name).is_file():
+            shutil.copy2(source / name, target / name)
+    if (source / "tensorboard").is_dir():
+        shutil.copytree(source / "tensorboard", target / "tensorboard")
+    print(f"resuming {source / ckpt.LAST} into {target} (its best.pt and logs copied over)",
+          file=sys.stderr)
+    return target
+
+
+def _check_data_paths(cfg: dict) -> None:
+    """Missing data, named with where its path came from, before a run folder is made."""
+    from .config import DATA_ROOT_ENV, ConfigError
+
+    hint = (f"relative data paths are taken from the data root {cfg['data_root']} (from "
+            f"--data-root, else ${DATA_ROOT_ENV}, else the recipe's data_root, resolved "
+            "against the current folder); point --data-root at the folder that holds them")
+    if cfg["data"]["dataset"] and cfg["data"]["root"] and not Path(cfg["data"]["root"]).exists():
+        raise ConfigError(f"dataset root not found: {cfg['data']['root']}; {hint}")
+    syn = cfg["synthetic"]
+    if syn["enabled"] and syn["root"] and not Path(syn["root"]).exists():
+        raise ConfigError(f"synthetic photos not found: {syn['root']}; {hint}")
 
 
 def _print_summary(summary: dict, run_dir: Path) -> None:

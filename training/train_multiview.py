@@ -12,6 +12,7 @@ long: the feature cache is written in complete chunks and resumes where it stopp
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import time
@@ -51,35 +52,73 @@ def peek_config(path: str | Path) -> dict:
     return raw if isinstance(raw, dict) else {}
 
 
-def _set(config: dict, dotted: str, value) -> None:
-    node = config
-    *parents, last = dotted.split(".")
-    for key in parents:
-        node = node.setdefault(key, {})
-    node[last] = value
+def multiview_defaults() -> dict:
+    """Every key a multiview recipe may set, at its default: a key not here is a typo."""
+    heads = {f.name: list(f.default) if isinstance(f.default, tuple) else f.default
+             for f in fields(HeadRecipe)}
+    return {
+        "name": "v2", "data_root": None, "output_dir": "runs", "cache_dir": ".cache/iqa-v2",
+        "data": {"dataset": None, "root": None, "options": {}},
+        "levels": {"enabled": True, "root": "pristine", "subsets": None, "per_distortion": 3,
+                   "seed": 0},
+        "model": {"architecture": RECIPE_KEY, "backbone": "tf_efficientnet_lite0",
+                  "pretrained": True, "stages": [1, 2, 3, 4, 5, 6], "shorter_side": None,
+                  "detail_grid": 7, "detail_patch": 32},
+        "heads": heads,
+        "cv": {"folds": 5, "seed": 0, "fold_file": None, "final": True},
+        "metadata": {},
+    }
+
+
+# Kinds the defaults above cannot show (training/config.py check_types).
+MULTIVIEW_KINDS: dict[str, tuple[str, ...]] = {
+    "data_root": ("str", "null"),
+    "data.dataset": ("str", "null"),
+    "data.root": ("str", "null"),
+    "levels.subsets": ("list:str", "null"),
+    "model.pretrained": ("bool", "str"),
+    "model.stages": ("list:int",),
+    "model.shorter_side": ("int", "null"),
+    "heads.alphas": ("list:number",),
+    "heads.feature_slice": ("list:int", "null"),
+    "cv.fold_file": ("str", "null"),
+}
 
 
 def load_config(path: str | Path, overrides: list[str]) -> dict:
-    import yaml
+    """The recipe over :func:`multiview_defaults` (``base:`` included), then ``--set``
+    overrides; unknown keys and values of the wrong kind are :class:`ConfigError`."""
+    from iqa.inference.option_ranges import out_of_range
 
-    config = yaml.safe_load(Path(path).read_text()) or {}
+    from .config import ConfigError, apply_override, check_types, load_file
+
+    defaults = multiview_defaults()
+    config = load_file(Path(path), copy.deepcopy(defaults), defaults=defaults)
     for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"--set needs KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        _set(config, key, yaml.safe_load(value))
+        apply_override(config, item, defaults)
+    check_types(config, defaults, MULTIVIEW_KINDS)
+    if not config["data"]["dataset"] or not config["data"]["root"]:
+        raise ConfigError("a multiview recipe needs data.dataset and data.root")
+    if config["model"]["architecture"] != RECIPE_KEY:
+        raise ConfigError(f"model.architecture must stay {RECIPE_KEY!r} in this recipe")
+    problem = out_of_range({
+        "cv.folds": (config["cv"]["folds"], 0, False),
+        "levels.per_distortion": (config["levels"]["per_distortion"], 1, False),
+        "model.detail_grid": (config["model"]["detail_grid"], 1, False),
+        "model.detail_patch": (config["model"]["detail_patch"], 1, False),
+        "model.shorter_side": (config["model"]["shorter_side"], 32, False),
+        "heads.calibration_knots": (config["heads"]["calibration_knots"], 2, False),
+    })
+    if problem:
+        raise ConfigError(problem)
+    if config["heads"]["calibration"] not in ("isotonic", "prior"):
+        raise ConfigError(f"heads.calibration must be 'isotonic' or 'prior', got "
+                          f"{config['heads']['calibration']!r}")
     return config
 
 
 def head_recipe(config: dict) -> HeadRecipe:
     raw = dict(config.get("heads") or {})
-    known = {f.name for f in fields(HeadRecipe)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ValueError(f"unknown heads option(s) {unknown}; known: {sorted(known)}")
-    if raw.get("calibration", "isotonic") not in ("isotonic", "prior"):
-        raise ValueError(f"heads.calibration must be 'isotonic' or 'prior', got "
-                         f"{raw['calibration']!r}")
     if raw.get("alphas") is not None:
         raw["alphas"] = tuple(float(a) for a in raw["alphas"])
     if raw.get("feature_slice") is not None:
@@ -104,7 +143,8 @@ def _data_root(config: dict, data_root: str | None) -> Path:
     return Path(data_root or os.environ.get("IQA_DATA_ROOT") or config.get("data_root") or ".")
 
 
-def load_features(config: dict, model, data_root: str | None = None) -> FeatureTable:
+def load_features(config: dict, model, data_root: str | None = None, *,
+                  progress: bool = True) -> FeatureTable:
     """Cached features of the rated photos and of the synthetic level set."""
     from iqa.training.datasets import load_dataset
 
@@ -120,7 +160,7 @@ def load_features(config: dict, model, data_root: str | None = None) -> FeatureT
     records = load_dataset(data["dataset"], root / data["root"], **(data.get("options") or {}))
     tables = [feature_cache.extract(lambda done: rated_samples(records, skip=done), model,
                                     cache / f"{data['dataset']}-{tag}", total=len(records),
-                                    desc=data["dataset"])]
+                                    desc=data["dataset"], progress=progress)]
     synthetic = config.get("levels") or {}
     if synthetic.get("enabled", True):
         photos = _pristine_photos(root / synthetic.get("root", "pristine"),
@@ -129,7 +169,7 @@ def load_features(config: dict, model, data_root: str | None = None) -> FeatureT
                           per_distortion=int(synthetic.get("per_distortion", 3)))
         tables.append(feature_cache.extract(lambda done: samples(skip=done), model,
                                             cache / f"levels-{tag}",
-                                            desc="synthetic levels"))
+                                            desc="synthetic levels", progress=progress))
     return FeatureTable.concat(tables)
 
 
@@ -256,20 +296,28 @@ def plot_calibration(path: Path, table: FeatureTable, oof_mos: np.ndarray, knots
 
 
 def run(config_path: str, overrides: list[str], output: str | None,
-        data_root: str | None = None, threads: int | None = None) -> int:
+        data_root: str | None = None, threads: int | None = None, *,
+        progress: bool = True) -> int:
     import torch
     import yaml
+
+    from .config import ConfigError
 
     if threads:
         torch.set_num_threads(threads)
     config = load_config(config_path, overrides)
     recipe = head_recipe(config)
-    out = Path(output or Path(config.get("output_dir", "runs")) /
-               f"{config.get('name', 'v2')}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = Path(output or Path(config["output_dir"]) /
+               f"{config['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output {out} is a file, not a folder")
+    if (out / "model.pt").exists() or (out / "cv.json").exists():
+        raise ConfigError(f"{out} already holds a run (cv.json or model.pt); choose another "
+                          "--output")
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     model = build_model(config)
-    table = load_features(config, model, data_root)
+    table = load_features(config, model, data_root, progress=progress)
     print(f"features: {int((table.kinds == MOS).sum())} rated photos, "
           f"{int((table.kinds == LEVEL).sum())} synthetic versions, {table.features.shape[1]} "
           "columns", flush=True)
@@ -280,7 +328,7 @@ def run(config_path: str, overrides: list[str], output: str | None,
     if int(cv_cfg.get("folds", 5)) > 1:
         folds = fold_assignment(table, config, fold_file)
         print(f"{int(folds.max()) + 1}-fold cross-validation", flush=True)
-        cv = cross_validate(table, recipe, folds)
+        cv = cross_validate(table, recipe, folds, progress=progress)
         knots = calibration_from_oof(table, cv["oof_mos"], recipe)
         report |= {"folds": cv["folds"], "summary": summarise(cv["folds"]),
                    "pooled_out_of_fold": score_metrics(table, cv["oof_mos"], knots)}
@@ -293,7 +341,7 @@ def run(config_path: str, overrides: list[str], output: str | None,
     if not cv_cfg.get("final", True):
         return 0
     print("final heads on all samples", flush=True)
-    heads, prior = train_heads(table, recipe, progress=True)
+    heads, prior = train_heads(table, recipe, progress=progress)
     if recipe.calibration == "prior":
         knots = prior_calibration(prior)
     if knots is not None:

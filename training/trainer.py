@@ -283,9 +283,10 @@ class Trainer:
                           "continuation is not bit-identical", stacklevel=2)
             ckpt.seed_everything(int(self.cfg["seed"]) + 7919 * state["step"] + self.info.rank)
         if state.get("steps_per_epoch") not in (None, self.steps_per_epoch):
-            raise ConfigError("the data changed since the checkpoint was written: "
-                              f"{state['steps_per_epoch']} steps per epoch then, "
-                              f"{self.steps_per_epoch} now")
+            raise ConfigError("the steps per epoch changed since the checkpoint was written "
+                              f"({state['steps_per_epoch']} then, {self.steps_per_epoch} now): "
+                              "optim.batch_size or the training data differ, so the run cannot "
+                              "continue exactly; start a new run instead")
         return int(state["epoch"]), int(state["step"]), int(state["step_in_epoch"])
 
     # ----------------------------------------------------------------- loop
