@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     from iqa.training.checkpoint import load_checkpoint
     from iqa.training.datasets import load_dataset
     from iqa.training.export import model_from_checkpoint
-    from iqa.training.levels import level_to_mos_prior, training_mos
+    from iqa.training.levels import level_to_mos_prior, rated_training_mos
     from iqa.training.penalty import fit_penalty, penalty_targets, version_table
 
     runs = fold_runs(args.runs, args.folds)
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         if reference is not None and any(not torch.equal(front[n], reference[n]) for n in front):
             raise SystemExit("exposure_penalty_cv: the folds' frozen fronts differ")
         reference = {n: v.clone() for n, v in front.items()}
-        prior = level_to_mos_prior(training_mos(checkpoint, path.parent))
+        prior = level_to_mos_prior(rated_training_mos(checkpoint, path.parent / "split.csv"))
         mos, pooled = rest(model, syn)
         gap = penalty_targets(mos, levels, prior)
         residual = mos - (prior[0] + prior[1] * levels)

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from iqa.inference.preprocess import normalise
     from iqa.training.data import build_synthetic_pool, list_photos, render
     from iqa.training.export import model_from_checkpoint
-    from iqa.training.levels import level_to_mos_prior, training_mos
+    from iqa.training.levels import level_to_mos_prior, rated_training_mos
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     model = model_from_checkpoint(checkpoint).eval()
     prep = Preprocessing.from_json(json.dumps(checkpoint["preprocessing"]))
-    a, b = level_to_mos_prior(training_mos(checkpoint, args.checkpoint.parent))
+    a, b = level_to_mos_prior(rated_training_mos(checkpoint, args.checkpoint.parent / "split.csv"))
 
     syn = cfg["synthetic"]
     photos = list_photos(syn["root"], syn["max_photos"], int(syn["seed"]), syn.get("subsets"))

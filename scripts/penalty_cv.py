@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     from iqa.training.calibrate import training_photos
     from iqa.training.checkpoint import load_checkpoint
     from iqa.training.datasets import load_dataset
-    from iqa.training.levels import level_to_mos_prior, training_mos
+    from iqa.training.levels import level_to_mos_prior, rated_training_mos
     from iqa.training.penalty import (
         Versions,
         fit_penalty,
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     for k, path in runs.items():
         checkpoint = load_checkpoint(path)
         reference = load_weights(model, checkpoint, reference)
-        prior = level_to_mos_prior(training_mos(checkpoint, path.parent))
+        prior = level_to_mos_prior(rated_training_mos(checkpoint, path.parent / "split.csv"))
         mos, detail, whole = mos_and_views(model, syn_fronts)
         targets = penalty_targets(mos, levels, prior)
         residual = mos - (prior[0] + prior[1] * levels)

@@ -350,7 +350,7 @@ def test_a_textured_penalty_exports_and_scores_like_torch(trained, tmp_path):
 def test_the_level_prior_reads_only_the_split_files_training_rows(trained, tmp_path):
     from iqa.training.datasets import load_dataset
     from iqa.training.datasets.splits import load_split_csv
-    from iqa.training.penalty import rated_training_mos
+    from iqa.training.levels import rated_training_mos
 
     state = load_checkpoint(trained)
     data = state["config"]["data"]
@@ -369,7 +369,7 @@ def test_the_level_prior_reads_only_the_split_files_training_rows(trained, tmp_p
 def test_photos_of_one_name_in_two_folders_stay_apart(tmp_path):
     from PIL import Image
 
-    from iqa.training.penalty import rated_training_mos
+    from iqa.training.levels import rated_training_mos
 
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()

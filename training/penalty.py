@@ -290,43 +290,6 @@ def training_data(checkpoint: dict, report: dict) -> str:
             "photos (training data only)")
 
 
-def rated_training_mos(checkpoint: dict, split_file: Path, data_root: Path | None = None
-                       ) -> np.ndarray:
-    """The MOS of the run's rated training photos: the rows of its split file in the run's
-    training split, matched to the dataset on their path relative to it (two photos of one
-    name in different folders stay apart). Without the split file there is no telling
-    training from validation photos, so it is refused rather than guessed."""
-    from .calibrate import run_data_path
-    from .datasets import load_dataset
-    from .datasets.splits import apply_split, load_split_csv
-
-    data = (checkpoint.get("config") or {}).get("data") or {}
-    if not data.get("dataset"):
-        raise ValueError("the run trained on synthetic photos only (data.dataset is null): "
-                         "the penalty's level prior needs the MOS of its rated training photos")
-    if not split_file.is_file():
-        raise ValueError(f"no split file at {split_file}: the level prior is fitted on the "
-                         "run's training photos only, which its split.csv names; pass "
-                         "--split-file (the split.csv `iqa train` wrote in the run folder)")
-    root = run_data_path(checkpoint, "data.root", data_root)
-    if root is None or not root.is_dir():
-        where = " under --data-root" if data_root else ""
-        hint = "" if data_root else "; pass --data-root if the data moved"
-        raise ValueError(f"the run's data.root{where} is not a folder: {root}{hint}")
-    records = load_dataset(data["dataset"], root, **(data.get("options") or {}))
-    assignment = load_split_csv(split_file)
-    train_split = (data.get("split") or {}).get("train", "train")
-    listed = sum(split == train_split for split in assignment.values())
-    train = [r for r in apply_split(records, assignment, strict=False) if r.split == train_split]
-    if not listed:
-        raise ValueError(f"{split_file} has no '{train_split}' row: not the split of this run")
-    if len(train) < listed:
-        raise ValueError(f"{listed - len(train)} of the {listed} '{train_split}' rows of "
-                         f"{split_file} match no {data['dataset']} image under {root}: not "
-                         "this run's split, or the dataset changed")
-    return np.asarray([r.mos for r in train], dtype=np.float64)
-
-
 def run(args: argparse.Namespace) -> int:
     import json
 
@@ -337,7 +300,7 @@ def run(args: argparse.Namespace) -> int:
     from .calibrate import option_problem, training_photos, weights_checkpoint
     from .checkpoint import atomic_path, atomic_save, load_checkpoint
     from .export import ExportError
-    from .levels import level_to_mos_prior
+    from .levels import level_to_mos_prior, rated_training_mos
 
     problem = option_problem(
         {"--grid": (args.grid, 1, False),
