@@ -262,7 +262,7 @@ def check_types(cfg: dict, defaults: dict | None = None,
             check_types(value, default, kinds, f"{dotted}.")
             continue
         allowed = kinds.get(dotted) or _default_kinds(default)
-        if "number" in allowed or "pair:number" in allowed:
+        if {"number", "pair:number", "list:number"} & set(allowed):
             value = [_as_number(v) for v in value] if isinstance(value, list) \
                 else _as_number(value)
             cfg[key] = value

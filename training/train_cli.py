@@ -31,7 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?",
                         help="YAML recipe, e.g. configs/livec.yaml (optional with --resume)")
     parser.add_argument("--output", "-o", metavar="DIR",
-                        help="run directory (default: <output_dir>/<name>-<timestamp>)")
+                        help="run directory (default: <output_dir>/<name>-<timestamp>); with "
+                             "--resume, a new empty folder to continue the run in (its "
+                             "best.pt and logs are copied over)")
     parser.add_argument("--resume", metavar="PATH",
                         help="continue from a run directory (its last.pt) or a checkpoint file, "
                              "with the config saved in it")
