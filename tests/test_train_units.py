@@ -366,9 +366,10 @@ def test_step_batches_keep_each_synthetic_group_in_one_window(tmp_path, tiny_mod
 
 def test_atomic_save_replaces_whole_files_only(tmp_path):
     path = tmp_path / "run" / "last.pt"
-    ckpt.atomic_save({"step": 1}, path)
+    weights = {"model": {}, "model_kwargs": {}}
+    ckpt.atomic_save({**weights, "step": 1}, path)
     with pytest.raises(Exception):  # noqa: B017  (pickling a lambda fails mid-write)
-        ckpt.atomic_save({"step": 2, "bad": lambda: 0}, path)
+        ckpt.atomic_save({**weights, "step": 2, "bad": lambda: 0}, path)
     assert ckpt.load_checkpoint(path)["step"] == 1
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]
     assert ckpt.find_checkpoint(path.parent) == path
