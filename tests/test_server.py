@@ -109,6 +109,23 @@ def test_post_upload_exact_json(guard, model, jpeg, other_jpeg):
     assert guard.connects == []
 
 
+def test_an_upload_without_a_file_name_echoes_an_empty_uri(guard, model, jpeg):
+    """media.uri is the file name as sent: none is "", as in the hosted API's example."""
+    body = (b"--b\r\nContent-Disposition: form-data; name=\"media\"; filename=\"\"\r\n"
+            b"Content-Type: image/jpeg\r\n\r\n" + jpeg + b"\r\n--b--\r\n")
+    with TestClient(create_app(model, open_settings())) as client:
+        response = client.post(CHECK, params={"models": "quality"}, content=body,
+                               headers={"content-type": "multipart/form-data; boundary=b"})
+        empty = client.post(CHECK, params={"models": "quality"},
+                            content=body.replace(jpeg, b""),
+                            headers={"content-type": "multipart/form-data; boundary=b"})
+    assert response.status_code == 200
+    assert_success_shape(response.json(), model.score(jpeg).score, "")
+    # Messages still name the part, not an empty string.
+    assert_failure(empty, 400, "media_error", 27)
+    assert empty.json()["error"]["message"].startswith("media: ")
+
+
 def test_post_url_field(guard, model, image_server, other_jpeg):
     url = image_server.url("/other.jpg")
     with TestClient(create_app(model, open_settings())) as client:

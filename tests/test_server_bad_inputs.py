@@ -212,6 +212,9 @@ CASES = [
     # --- HTTP-level mistakes
     Case("unknown_path", raw(), 404, ("request_error", 40), method="GET",
          extra={"path": "/2.0/check.json"}),
+    # A 307 to the slashless path would have the client re-send the upload.
+    Case("trailing_slash", raw(), 404, ("request_error", 40), method="POST",
+         extra={"path": "/1.0/check.json/"}),
     Case("wrong_method", raw(), 405, ("request_error", 41), method="DELETE"),
 ]
 

@@ -173,7 +173,9 @@ async def read_post(request: Request, max_upload: int, body_timeout: float,
         return fields, None
     if len(files[0].data) > max_upload:
         raise too_large
-    return fields, Upload(data=files[0].data, filename=files[0].filename or "media")
+    # media.uri echoes the file name as sent, so an upload without one gets "" (as the
+    # hosted API's own example does); error messages name it `media` instead.
+    return fields, Upload(data=files[0].data, filename=files[0].filename or "")
 
 
 def refuse_repeated_url(values: list[str]) -> None:
@@ -252,6 +254,10 @@ def create_app(model=None, settings: ServerSettings | None = None, *, fetcher=No
         # The CDN-hosted Swagger UI is blank offline; docs_ui serves a bundled copy.
         docs_url=None,
         redoc_url=None,
+        # The hosted API has one spelling of each path; Starlette's 307 to the slashless
+        # path would make clients re-send an upload, and its Location can name the wrong
+        # scheme behind a proxy. A trailing slash gets the 404 failure JSON instead.
+        redirect_slashes=False,
     )
     add_docs(app)
     app.state.service = service

@@ -136,7 +136,7 @@ class CheckService:
             fetched = await ticket.run(self.gate.fetching, self.fetcher.fetch, url)
             data, name = fetched.data, url
         else:
-            data, name = upload.data, upload.filename
+            data, name = upload.data, upload.filename or "media"
         if not data:
             raise EmptyMediaError(f"{name}: the file is empty (0 bytes)")
         if self.processes is None:
