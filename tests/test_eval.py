@@ -192,14 +192,14 @@ def test_eval_uses_the_split_column_and_split_files(generic_csv_dataset, tiny_mo
     assert {Path(r["path"]) for r in _read_predictions(out)} == chosen
     capsys.readouterr()
     assert main([*common, "--split-file", str(val_file), "--split", "test",
-                 "--output-dir", str(out)]) == 1
+                 "--output-dir", str(out)]) == 2
     assert "has no such rows (its splits: train, val)" in capsys.readouterr().err
     capsys.readouterr()
     assert main([*common, "--split-file", str(tmp_path / "typo.csv"),
-                 "--output-dir", str(out)]) == 1
+                 "--output-dir", str(out)]) == 2
     assert "split file not found" in capsys.readouterr().err
     reversed_range = [*common[:-6], "--csv-range", "5", "1", "--output-dir", str(out)]
-    assert main(reversed_range) == 1
+    assert main(reversed_range) == 2
     assert "--csv-range LOW HIGH" in capsys.readouterr().err
 
 
@@ -227,8 +227,11 @@ def test_evaluate_model_from_python(generic_csv_dataset, tiny_model_path, tmp_pa
         (["--dataset", "livec", "--dataset-option", "layout"], "takes KEY=VALUE"),
         (["--dataset", "livec", "--dataset-option", "layout=release"],
          "label file not found"),  # the option reached the loader
-        (["--dataset", "livec", "--n-boot", "-5"], "--n-boot must be at least 0"),
-        (["--dataset", "livec", "--seed", "-1"], "--seed must be at least 0"),
+        (["--dataset", "livec", "--n-boot", "-5"], "--n-boot must be >= 0, got -5"),
+        (["--dataset", "livec", "--seed", "-1"], "--seed must be >= 0"),
+        (["--dataset", "livec", "--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--dataset", "livec", "--threads", "0"], "--threads must be >= 1"),
+        (["--dataset", "livec", "--limit", "0"], "--limit must be >= 1"),
     ],
 )
 def test_eval_bad_options_fail_cleanly(livec_dataset, tiny_model_path, tmp_path, capsys,
@@ -236,7 +239,7 @@ def test_eval_bad_options_fail_cleanly(livec_dataset, tiny_model_path, tmp_path,
     argv = ["eval", "--root", str(livec_dataset), "--output-dir", str(tmp_path / "x"), *extra]
     if "--model" not in extra:
         argv += ["--model", str(tiny_model_path)]
-    assert main(argv) == 1
+    assert main(argv) == 2  # a usage error, as in every iqa command
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
@@ -249,7 +252,7 @@ def test_eval_refuses_an_unwritable_report_folder_before_scoring(livec_dataset, 
         code = main(["eval", "--model", str(tiny_model_path), "--dataset", "livec", "--root",
                      str(livec_dataset), "--output-dir", str(out)])
         captured = capsys.readouterr()
-        assert code == 1 and "cannot write the report to" in captured.err
+        assert code == 2 and "cannot write the report to" in captured.err
         assert "Traceback" not in captured.err and captured.out == ""  # nothing was scored
     assert blocker.read_text() == "a file where the folder should go\n"
 
@@ -326,5 +329,5 @@ def test_eval_can_score_the_raw_mos_output(generic_csv_dataset, tiny_model_path,
 
     capsys.readouterr()
     assert main([*common, "--model", str(tiny_model_path), "--output", "mos",
-                 "--output-dir", str(tmp_path / "v1")]) == 1
+                 "--output-dir", str(tmp_path / "v1")]) == 2
     assert "has no 'mos' output" in capsys.readouterr().err

@@ -343,42 +343,55 @@ def select_records(records: list, split: str, split_file: str | None) -> tuple[l
     return select_split(records, split), split
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, status: int = 1) -> int:
     print(f"iqa eval: {message}", file=sys.stderr)
-    return 1
+    return status
+
+
+def _refuse(message: str) -> int:
+    """A wrong option, dataset, model or report folder: status 2, as in every iqa command,
+    before any image is scored. Status 1 is left for an evaluation that failed."""
+    return _fail(message, 2)
 
 
 def run(args: argparse.Namespace) -> int:
     from iqa.inference import IQAError, QualityModel, __version__
+    from iqa.inference.option_ranges import out_of_range
     from iqa.training.datasets import DATASETS, load_dataset
 
     if args.dataset not in DATASETS:
-        return _fail(f"unknown dataset {args.dataset!r}; choose one of {', '.join(DATASETS)}")
-    if args.batch_size < 1:
-        return _fail(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.workers < 0:
-        return _fail(f"--workers must be at least 0, got {args.workers}")
-    # Checked before scoring: these used to fail only once every image was scored.
-    if args.n_boot < 0:
-        return _fail(f"--n-boot must be at least 0, got {args.n_boot}")
-    if args.seed < 0:
-        return _fail(f"--seed must be at least 0, got {args.seed}")
+        return _refuse(f"unknown dataset {args.dataset!r}; choose one of {', '.join(DATASETS)}")
+    # Checked before scoring: --n-boot and --seed used to fail only once every image was
+    # scored.
+    problem = out_of_range({
+        "--batch-size": (args.batch_size, 1, False),
+        "--workers": (args.workers, 0, False),
+        "--threads": (args.threads, 1, False),
+        "--limit": (args.limit, 1, False),
+        "--n-boot": (args.n_boot, 0, False),
+        "--seed": (args.seed, 0, False),
+    })
+    if problem:
+        return _refuse(problem)
     try:
         records = load_dataset(args.dataset, args.root, **_loader_options(args))
         records, split = select_records(records, args.split, args.split_file)
         model = QualityModel(args.model, threads=args.threads)
     except (IQAError, ValueError) as exc:
-        return _fail(str(exc))
+        return _refuse(str(exc))
+    if args.output == "mos" and not model.has_mos:
+        return _refuse(f"{model.path.name} has no 'mos' output (only model v2 and later do); "
+                       "evaluate its 'score'")
     if args.limit is not None:
-        records = records[: max(args.limit, 0)]
+        records = records[: args.limit]
     if not records:
-        return _fail("no records to evaluate")
+        return _refuse("no records to evaluate")
 
     out_dir = Path(args.output_dir or Path("runs", "eval", f"{model.path.stem}-{args.dataset}-{split}"))
     try:
         prepare_report_dir(out_dir)
     except OSError as exc:
-        return _fail(f"cannot write the report to {out_dir}: {exc.strerror or exc}")
+        return _refuse(f"cannot write the report to {out_dir}: {exc.strerror or exc}")
     output = "" if args.output == "score" else f" `{args.output}`"
     title = f"{model.path.name}{output} on {args.dataset} ({split}, {len(records)} images)"
     try:
