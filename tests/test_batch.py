@@ -30,7 +30,9 @@ from http_fixtures import LoopbackHTTPServer, Route  # noqa: E402
 
 from iqa.inference import QualityModel  # noqa: E402
 from iqa.inference import batch as batch_module  # noqa: E402
+from iqa.inference.batch import job as batch_job  # noqa: E402
 from iqa.inference.batch import score_batch  # noqa: E402
+from iqa.inference.batch import sources as batch_sources  # noqa: E402
 from iqa.inference.cli import main as cli_main  # noqa: E402
 
 RAY_ENV = {
@@ -170,7 +172,7 @@ def test_an_unreadable_scheme_is_a_clear_error_row():
     from iqa.inference.errors import ImageDecodeError
 
     with pytest.raises(ImageDecodeError, match=r"cannot read ftp:// URIs.*s3://"):
-        batch_module._read_source("ftp://example.com/a.jpg", batch_module._ReadOptions())
+        batch_sources.read_source("ftp://example.com/a.jpg", batch_sources.ReadOptions())
 
 
 def test_no_image_to_score_and_foreign_parquet_are_refused(tmp_path, photo, tiny_model_path):
@@ -341,7 +343,8 @@ def test_resume_after_an_interrupted_job(ray_local, tmp_path, photo, tiny_model_
             if len(received) == 2:
                 raise KeyboardInterrupt
 
-    monkeypatch.setattr(batch_module, "PartWriter", InterruptedWriter)
+    # score_batch looks PartWriter up in its own module.
+    monkeypatch.setattr(batch_job, "PartWriter", InterruptedWriter)
     with pytest.raises(KeyboardInterrupt):
         score_batch(str(tmp_path / "photos"), str(out), model=tiny_model_path, batch_size=2,
                     rows_per_file=100, **_quiet())
@@ -467,14 +470,14 @@ def test_default_pool_is_one_actor_per_cpu_or_per_gpu_share(monkeypatch, resourc
                                                              expected):
     monkeypatch.setattr(ray, "cluster_resources", lambda: resources)
     cpus = batch_module.DEFAULT_CPUS_PER_ACTOR
-    assert batch_module._default_actors(gpus, cpus) == expected
-    batch_module._check_pool(expected, cpus)  # leaves CPUs for the decode tasks
+    assert batch_job._default_actors(gpus, cpus) == expected
+    batch_job._check_pool(expected, cpus)  # leaves CPUs for the decode tasks
 
 
 def test_a_pool_that_holds_every_cpu_is_refused(monkeypatch):
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
     with pytest.raises(ValueError, match="no CPU"):
-        batch_module._check_pool((3, 3), batch_module.DEFAULT_CPUS_PER_ACTOR)
+        batch_job._check_pool((3, 3), batch_module.DEFAULT_CPUS_PER_ACTOR)
 
 
 def test_the_cli_defaults_are_the_library_defaults():

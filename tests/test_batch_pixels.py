@@ -21,7 +21,8 @@ from PIL import Image
 pa = pytest.importorskip("pyarrow")
 
 from iqa.inference import QualityModel  # noqa: E402
-from iqa.inference import batch as batch_module  # noqa: E402
+from iqa.inference.batch import sources as batch_sources  # noqa: E402
+from iqa.inference.batch import stages as batch_stages  # noqa: E402
 from iqa.inference.contract import (  # noqa: E402
     DETAIL_INPUT,
     INPUT_NAME,
@@ -139,15 +140,15 @@ def test_prepare_block_and_score_actor_match_quality_model(model, photos, tmp_pa
     cache = Path(tempfile.gettempdir()) / "iqa-batch-models"
     cache.mkdir(parents=True, exist_ok=True)
     (cache / f"{sha}.onnx").write_bytes(data)
-    spec = batch_module._ModelSpec(sha, None, model.max_pixels, model.min_side)
+    spec = batch_stages.ModelSpec(sha, None, model.max_pixels, model.min_side)
     missing = str(tmp_path / "missing.jpg")
     paths = [str(p) for p in photos] + [missing]
-    block = batch_module.prepare_block(
+    block = batch_stages.prepare_block(
         pa.table({"path": pa.array(paths, pa.string())}), model.preparer(),
-        batch_module._ReadOptions(),
+        batch_sources.ReadOptions(),
     )
     assert block.column("prepared").null_count == 1
-    actor = batch_module.ScoreActor(spec, ("CPUExecutionProvider",), 1)
+    actor = batch_stages.ScoreActor(spec, ("CPUExecutionProvider",), 1)
     rows = {r["path"]: r for r in actor(block).to_pylist()}
     for photo in photos:
         assert rows[str(photo)]["status"] == "ok"
