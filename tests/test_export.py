@@ -31,10 +31,10 @@ from iqa.inference.contract import (  # noqa: E402
 )
 from iqa.inference.preprocess import to_model_input  # noqa: E402
 from iqa.models import create_model  # noqa: E402
-from iqa.training.export import (  # noqa: E402
+from iqa.training.export import export_onnx  # noqa: E402
+from iqa.training.parity import (  # noqa: E402
     ParityError,
     check_parity,
-    export_onnx,
     parity_inputs,
     parity_sizes,
 )
@@ -332,7 +332,7 @@ def test_a_failed_parity_check_leaves_the_previous_model_in_place(cli_run, model
 
 
 def test_nan_never_passes_the_parity_check():
-    from iqa.training.export import max_abs_difference
+    from iqa.training.parity import max_abs_difference
 
     assert max_abs_difference(np.array([0.5, 0.2]), np.array([0.5, 0.25])) == pytest.approx(0.05)
     assert max_abs_difference(np.array([0.5, 0.2]), np.array([np.nan, 0.2])) == float("inf")

@@ -34,17 +34,20 @@ from iqa.inference.contract import (  # noqa: E402
 )
 from iqa.models import create_model  # noqa: E402
 from iqa.training import export as export_module  # noqa: E402
+from iqa.training import parity as parity_module  # noqa: E402
 from iqa.training.export import (  # noqa: E402
     LIVE_NOTICE,
-    PARITY_ATOL,
-    ParityError,
-    check_parity,
     checkpoint_metadata,
     default_metadata,
     export_onnx,
     license_text,
-    parity_inputs,
     set_metadata,
+)
+from iqa.training.parity import (  # noqa: E402
+    PARITY_ATOL,
+    ParityError,
+    check_parity,
+    parity_inputs,
 )
 
 
@@ -153,7 +156,7 @@ def test_iqa_export_runs_the_parity_check(model, tmp_path, monkeypatch, capsys, 
         assert prep == model.preprocessing  # the model's own policy, as the real call gets
         return small_inputs
 
-    monkeypatch.setattr(export_module, "parity_inputs", few_inputs)
+    monkeypatch.setattr(parity_module, "parity_inputs", few_inputs)
     out = tmp_path / "m.onnx"
     assert main(["export", str(checkpoint), "-o", str(out), "--model-version", "v9"]) == 1
     captured = capsys.readouterr()
@@ -246,7 +249,7 @@ def test_default_metadata_and_set_metadata(model):
 
 
 def test_parity_inputs_cover_the_documented_sizes(model):
-    from iqa.training.export import parity_sizes
+    from iqa.training.parity import parity_sizes
 
     # The docstring's sizes for the shipped 320 px policy, and the same rule at 64 px:
     # side, side + 4 cells (landscape and portrait), side + 2 cells by long + 2 cells.
@@ -289,7 +292,7 @@ def test_parity_inputs_edge_cases(model):
     from PIL import Image
     from skimage import data
 
-    from iqa.training.export import parity_sizes
+    from iqa.training.parity import parity_sizes
 
     # 100 px is not a multiple of 32: the side rounds down to 96, and sizes stay ints.
     sizes = parity_sizes(Preprocessing(shorter_side=100))
@@ -322,7 +325,7 @@ def test_default_metadata_of_a_model_without_kwargs():
 
 
 def test_parity_report_text():
-    from iqa.training.export import ParityReport
+    from iqa.training.parity import ParityReport
 
     report = ParityReport(1e-6, 2.5e-5, ((1, 3, 64, 64), (2, 3, 128, 256)))
     assert str(report) == ("max |torch - onnxruntime|: score 1.00e-06, factors 2.50e-05 "

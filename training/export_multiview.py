@@ -28,16 +28,9 @@ from iqa.inference.contract import (
     Preprocessing,
 )
 
-from .export import (
-    PARITY_ATOL,
-    ExportError,
-    ParityError,
-    ParityReport,
-    default_metadata,
-    max_abs_difference,
-    parity_images,
-    set_metadata,
-)
+from .export import default_metadata, set_metadata
+from .onnx_graph import ExportError
+from .parity import PARITY_ATOL, ParityError, ParityReport, max_abs_difference, parity_images
 
 OUTPUTS = (SCORE_OUTPUT, MOS_OUTPUT, FACTORS_OUTPUT)
 

@@ -40,7 +40,8 @@ def calibration_images_from(paths: Iterable[str | os.PathLike] | None,
     """RGB uint8 arrays from image files and folders; the sample photos when ``paths`` is None."""
     from PIL import Image
 
-    from iqa.training.export import ExportError, parity_images
+    from iqa.training.onnx_graph import ExportError
+    from iqa.training.parity import parity_images
 
     if not paths:
         return parity_images()
