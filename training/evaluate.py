@@ -398,8 +398,8 @@ def run(args: argparse.Namespace) -> int:
         predictions = score_records(model, records, batch_size=args.batch_size,
                                     workers=args.workers, progress=not args.quiet,
                                     output=args.output)
-    except ValueError as exc:
-        return _fail(str(exc))
+    except ValueError as exc:  # an --output the checks above let through: still usage
+        return _refuse(str(exc))
     failed = [p for p in predictions if p.error is not None]
     if failed:
         print(f"iqa eval: {len(failed)} of {len(predictions)} image(s) could not be scored "

@@ -40,6 +40,7 @@ def graph_module(model):
 
 
 def detail_view_of(model):
+    """The model's DetailView, or None for a single-view model."""
     return getattr(model, "detail_view", None)
 
 

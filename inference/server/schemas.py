@@ -23,7 +23,8 @@ class Quality(BaseModel):
 
 class Media(BaseModel):
     id: str = Field(examples=["med_0zrbk8nlp4vwI5WxIqQ4u"])
-    uri: str = Field(description="The URL, or the uploaded file's name")
+    uri: str = Field(description="The URL, or the uploaded file's name (\"\" for an upload "
+                               "sent without one)")
 
 
 class CheckSuccess(BaseModel):
