@@ -93,6 +93,8 @@ def test_data_root_precedence_cli_then_env_then_config(tmp_path, monkeypatch):
     ("optim:\n  lr: fast\n", "optim.lr must be a number, got 'fast'"),
     ("optim:\n  lr: -1.0e-3\n", r"optim.lr must be > 0"),
     ("model:\n  dropout: 1.5\n", "model.dropout must be < 1"),
+    ("optim:\n  ema_decay: 1\n", "optim.ema_decay must be < 1"),
+    ("optim:\n  ema_start: -0.1\n", "optim.ema_start must be >= 0"),
 ])
 def test_config_errors_name_the_problem(tmp_path, text, message):
     path = tmp_path / "loop.yaml"

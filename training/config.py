@@ -127,6 +127,12 @@ DEFAULTS: dict[str, Any] = {
         "min_lr_ratio": 0.01,
         "grad_clip": 1.0,
         "amp": True,  # mixed precision, only ever on CUDA
+        # An exponential moving average of the weights (0 = off). When on, validation and
+        # the checkpoints' "model" use the average; the optimiser's own weights are kept in
+        # the checkpoint for resuming. It starts at ema_start (a fraction of the run's steps)
+        # so that the randomly initialised heads of the first steps are not averaged in.
+        "ema_decay": 0.0,
+        "ema_start": 0.5,
     },
     "eval": {
         "batch_size": 8,
@@ -405,6 +411,8 @@ _RANGES: tuple[tuple[str, float, bool], ...] = (
     ("optim.warmup_steps", 0, False),
     ("optim.min_lr_ratio", 0, False),
     ("optim.grad_clip", 0, True),
+    ("optim.ema_decay", 0, False),
+    ("optim.ema_start", 0, False),
     ("eval.batch_size", 1, False),
     ("loader.num_workers", 0, False),
 )
@@ -422,6 +430,11 @@ def validate(cfg: dict) -> dict:
         raise ConfigError(f"model.dropout must be < 1, got {cfg['model']['dropout']}")
     if not cfg["optim"]["min_lr_ratio"] <= 1:
         raise ConfigError(f"optim.min_lr_ratio must be <= 1, got {cfg['optim']['min_lr_ratio']}")
+    if not cfg["optim"]["ema_decay"] < 1:
+        raise ConfigError(f"optim.ema_decay must be < 1, got {cfg['optim']['ema_decay']}")
+    if not cfg["optim"]["ema_start"] < 1:
+        raise ConfigError(f"optim.ema_start must be < 1 (a fraction of the run's steps), got "
+                          f"{cfg['optim']['ema_start']}")
     method = cfg["data"]["split"]["method"]
     if method not in ("official", "random", "csv", "none"):
         raise ConfigError(

@@ -208,6 +208,13 @@ class Trainer:
         if self.device.type == "cuda" and o["amp"]:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.ema = None
+        if float(o["ema_decay"]):
+            from timm.utils import ModelEmaV3
+
+            # Up to update_after_step the average is a plain copy of the weights.
+            self.ema = ModelEmaV3(self.model, decay=float(o["ema_decay"]),
+                                  update_after_step=int(float(o["ema_start"]) * self.total_steps))
         self.step_model = StepModel(self.model, self.source.from_features)
         self.runner: nn.Module = self.step_model
         if info.enabled:
@@ -231,6 +238,11 @@ class Trainer:
 
     # ----------------------------------------------------------------- state
 
+    @property
+    def shipped_model(self) -> nn.Module:
+        """The weights that are validated and written as a checkpoint's "model"."""
+        return self.model if self.ema is None else self.ema.module
+
     def _state(self, epoch: int, step: int, step_in_epoch: int, metrics: dict | None) -> dict:
         """Everything a checkpoint holds. ``metrics`` are the validation results of exactly
         these weights (None for a mid-epoch checkpoint, whose weights were never validated)."""
@@ -238,8 +250,8 @@ class Trainer:
         digests = all_gather_object(self.info, parameters_digest(self.model))
         if len(set(digests)) != 1:
             raise RuntimeError(f"data-parallel replicas diverged at step {step}: {digests}")
-        return {
-            "model": self.model.state_dict(),
+        state = {
+            "model": self.shipped_model.state_dict(),
             "model_kwargs": dict(self.model.model_kwargs),
             "config": self.cfg,
             "preprocessing": dataclasses.asdict(self.prep),
@@ -261,13 +273,18 @@ class Trainer:
             "world_size": self.info.world_size,
             "replica_digests": digests,
         }
+        if self.ema is not None:
+            state["live_model"] = self.model.state_dict()  # what the optimiser resumes from
+        return state
 
     def _save(self, name: str, state: dict) -> None:
         if self.info.is_main:
             ckpt.atomic_save(state, self.run_dir / name)
 
     def _restore(self, state: dict) -> tuple[int, int, int]:
-        self.model.load_state_dict(state["model"])
+        self.model.load_state_dict(state.get("live_model", state["model"]))
+        if self.ema is not None:
+            self.ema.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -343,6 +360,8 @@ class Trainer:
                     seconds = time.perf_counter() - t0
                     step += 1
                     in_epoch += 1
+                    if self.ema is not None:
+                        self.ema.update(self.model, step=step)
                     images = int(batch["n"]) * info.world_size
                     train_seconds += seconds
                     train_images += images
@@ -435,9 +454,10 @@ class Trainer:
     @torch.no_grad()
     def predict(self, records) -> np.ndarray:
         """Scores of whole images (no crop, no flip): the test-time view of the network."""
-        self.model.eval()
+        net = self.shipped_model
+        net.eval()
         source = self.source
-        run = self.model.forward_trainable if source.from_features else self.model
+        run = net.forward_trainable if source.from_features else net
         size = max(1, int(self.cfg["eval"]["batch_size"]))
         scores = np.zeros(len(records), dtype=np.float64)
         specs = [ImageSpec(str(r.path)) for r in records]
