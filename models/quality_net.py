@@ -73,6 +73,7 @@ class QualityNet(nn.Module):
         dropout: float = 0.1,
         freeze_blocks: int = 0,
         pool_stages: tuple[int, ...] = (),
+        pool_head: bool = True,
         calibrated: bool = False,
         detail_view: DetailView | None = None,
         preprocessing: Preprocessing | None = None,
@@ -105,8 +106,14 @@ class QualityNet(nn.Module):
         if bad:
             raise BackboneError(f"pool_stages must be in [{lowest}, {num_stages - 1}] with "
                                 f"freeze_blocks={freeze_blocks}, got {bad}")
+        if not pool_head and not self.pool_stages:
+            raise BackboneError("pool_head=False leaves the heads nothing to see: "
+                                "it needs pool_stages")
+        self.pool_head = bool(pool_head)
         # Width of forward_head(pre_logits=True); differs from num_features in e.g. MobileNetV3.
         features = getattr(backbone, "head_hidden_size", None) or backbone.num_features
+        if not self.pool_head:
+            features = 0
         # Stages differ in scale by orders of magnitude; each pooled level is normalised on
         # its own so that no stage drowns the others in the first linear layer.
         self.level_norms = nn.ModuleList(
@@ -148,6 +155,10 @@ class QualityNet(nn.Module):
         self.model_kwargs = dict(model_kwargs)
         for param in self.frozen_modules().parameters():
             param.requires_grad_(False)
+        for param in self.unused_modules().parameters():
+            # Never run, so never trained: frozen, they stay out of the optimiser and of
+            # the "trainable" count, and DDP finds no parameter without a gradient.
+            param.requires_grad_(False)
         self.train(True)
 
     @property
@@ -162,6 +173,15 @@ class QualityNet(nn.Module):
             return nn.Sequential()
         b = self.backbone
         return nn.Sequential(b.conv_stem, b.bn1, *b.blocks[: self.freeze_blocks])
+
+    def unused_modules(self) -> nn.Sequential:
+        """Backbone parts a ``pool_head=False`` model never runs: the blocks above its
+        highest pooled stage, the 1x1 head convolution and its norm (empty otherwise).
+        They stay in the state_dict, so checkpoints keep the backbone's layout."""
+        if self.pool_head:
+            return nn.Sequential()
+        b = self.backbone
+        return nn.Sequential(*b.blocks[max(self.pool_stages) + 1 :], b.conv_head, b.bn2)
 
     def trainable_modules(self) -> nn.Sequential:
         """The backbone after the frozen front, up to the final feature map."""
@@ -199,6 +219,8 @@ class QualityNet(nn.Module):
             x = self.backbone.forward_features(feats)
         # timm's own pooling: global average for CNNs at any input size, token pooling
         # for transformers.
+        if not self.pool_head:
+            return torch.cat(levels, dim=1)
         pooled = self.backbone.forward_head(x, pre_logits=True)
         return torch.cat([*levels, pooled], dim=1) if levels else pooled
 
@@ -254,19 +276,22 @@ class QualityNet(nn.Module):
         return self._pooled(feats, self.level_norms)
 
     def _blocks_pooling(self, feats: torch.Tensor, levels: list[torch.Tensor],
-                        level_norms: nn.ModuleList) -> torch.Tensor:
-        """trainable_modules() stage by stage, appending each pooled stage to ``levels``."""
+                        level_norms: nn.ModuleList) -> torch.Tensor | None:
+        """trainable_modules() stage by stage, appending each pooled stage to ``levels``;
+        the head convolution's map, or None for a ``pool_head=False`` model, which stops
+        at its highest pooled stage."""
         b = self.backbone
         x = feats if self.freeze_blocks else b.bn1(b.conv_stem(feats))
         norms = dict(zip(self.pool_stages, level_norms, strict=True))
         first = self.freeze_blocks
         if first - 1 in norms:
             levels.append(norms[first - 1](torch.cat(mean_std(x), dim=1)))
-        for i in range(first, len(b.blocks)):
+        last = len(b.blocks) if self.pool_head else max(self.pool_stages) + 1
+        for i in range(first, last):
             x = b.blocks[i](x)
             if i in norms:
                 levels.append(norms[i](torch.cat(mean_std(x), dim=1)))
-        return b.bn2(b.conv_head(x))
+        return b.bn2(b.conv_head(x)) if self.pool_head else None
 
     def forward(self, x: torch.Tensor, detail: torch.Tensor | None = None,
                 scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -320,6 +345,7 @@ def create_model(
     dropout: float = 0.1,
     freeze_blocks: int = 0,
     pool_stages: tuple[int, ...] | list[int] = (),
+    pool_head: bool = True,
     calibrated: bool = False,
     detail_grid: int | None = None,
     detail_patch: int = 32,
@@ -333,7 +359,8 @@ def create_model(
     """Build a QualityNet. ``pretrained``: True = bundled offline ImageNet weights
     (see ``BACKBONES``), False = random init, or a path to a .pth/.safetensors state_dict.
     ``pool_stages``: blocks whose mean/std the heads see besides the last stage (empty =
-    v1's single global average). ``calibrated``: hold a MOS -> page-scale calibration.
+    v1's single global average). ``pool_head``: the heads also see the 1x1 head
+    convolution's global average (False: the pooled stages only). ``calibrated``: hold a MOS -> page-scale calibration.
     ``detail_grid``: also see a ``detail_grid`` x ``detail_grid`` mosaic of native
     ``detail_patch``-px patches (None = the global view only, as v1), placed as
     ``detail_kind`` says (:class:`~iqa.inference.contract.DetailView`; ``detail_candidates``
@@ -355,6 +382,8 @@ def create_model(
     if pool_stages:
         # Only when set, so v1's checkpoints and ONNX metadata keep their exact kwargs.
         model_kwargs["pool_stages"] = [int(s) for s in pool_stages]
+    if not pool_head:
+        model_kwargs["pool_head"] = False
     if calibrated:
         model_kwargs["calibrated"] = True
     if exposure_stats:
@@ -386,6 +415,7 @@ def create_model(
         dropout=dropout,
         freeze_blocks=freeze_blocks,
         pool_stages=tuple(pool_stages),
+        pool_head=pool_head,
         calibrated=calibrated,
         detail_view=detail_view,
         exposure_stats=exposure_stats,

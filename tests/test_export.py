@@ -137,13 +137,16 @@ def test_quality_model_scores_like_torch(model, onnx_path, photo):
     assert np.allclose(list(result.factors.values()), factors[0].numpy(), atol=1e-4)
 
 
-def test_multi_level_checkpoint_exports_and_scores_like_torch(tmp_path, photo):
+@pytest.mark.parametrize("pool_head", [True, False], ids=["with-head", "stages-only"])
+def test_multi_level_checkpoint_exports_and_scores_like_torch(tmp_path, photo, pool_head):
     # A pool_stages model goes through the same checkpoint -> ONNX path as v1's, and its
-    # hand-written std pooling must survive the exporter.
+    # hand-written std pooling must survive the exporter; so must a model that stops at
+    # its highest pooled stage (pool_head=False).
     from iqa.training.export import model_from_checkpoint
 
     torch.manual_seed(1)
-    net = create_model(pretrained=False, freeze_blocks=4, head_hidden=16, pool_stages=[3, 5])
+    net = create_model(pretrained=False, freeze_blocks=4, head_hidden=16, pool_stages=[3, 5],
+                       pool_head=pool_head)
     net.preprocessing = replace(net.preprocessing, shorter_side=96, max_longer_side=192)
     checkpoint = {"model": net.state_dict(), "model_kwargs": net.model_kwargs,
                   "preprocessing": json.loads(net.preprocessing.to_json())}

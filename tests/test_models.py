@@ -260,3 +260,55 @@ def test_pool_stages_round_trip_through_model_kwargs(lite0_levels, lite0_random)
     clone.load_state_dict(lite0_levels.state_dict(), strict=True)
     x = torch.randn(1, 3, 64, 96)
     assert torch.equal(clone(x)[0], lite0_levels(x)[0])
+
+
+# ------------------------------------------------- the pooled stages alone (pool_head=False)
+
+
+@pytest.fixture(scope="module")
+def lite0_stages_only():
+    torch.manual_seed(0)
+    return create_model(pretrained=False, freeze_blocks=4, pool_stages=[3, 4, 5],
+                        pool_head=False).eval()
+
+
+def test_without_the_head_the_heads_see_only_the_pooled_stages(lite0_stages_only):
+    assert lite0_stages_only.score_head.fc1.in_features == 2 * (80 + 112 + 192)
+    assert lite0_stages_only.model_kwargs["pool_head"] is False
+
+
+def test_without_the_head_the_unused_top_is_never_run_nor_trained(lite0_stages_only):
+    b = lite0_stages_only.backbone
+    unused = [*b.blocks[6].parameters(), *b.conv_head.parameters(), *b.bn2.parameters()]
+    assert unused and not any(p.requires_grad for p in unused)
+    trained = {id(p) for g in lite0_stages_only.param_groups(1e-3) for p in g["params"]}
+    assert not trained & {id(p) for p in unused}
+    assert {id(p) for p in b.blocks[5].parameters()} <= trained
+    # Weights the graph never reads cannot change the score.
+    x = torch.randn(1, 3, 96, 128)
+    before = lite0_stages_only(x)[0]
+    with torch.no_grad():
+        for p in unused:
+            p.add_(1.0)
+    try:
+        assert torch.equal(lite0_stages_only(x)[0], before)
+    finally:
+        with torch.no_grad():
+            for p in unused:
+                p.sub_(1.0)
+
+
+def test_without_the_head_split_forward_equals_full_forward_and_round_trips(lite0_stages_only):
+    x = torch.randn(2, 3, 96, 128)
+    score, factors = lite0_stages_only(x)
+    split = lite0_stages_only.forward_trainable(lite0_stages_only.forward_frozen(x))
+    assert torch.equal(score, split[0]) and torch.equal(factors, split[1])
+    clone = create_model(**lite0_stages_only.model_kwargs, pretrained=False).eval()
+    clone.load_state_dict(lite0_stages_only.state_dict(), strict=True)
+    assert torch.equal(clone(x)[0], score)
+
+
+def test_without_the_head_a_model_needs_pooled_stages(lite0_levels):
+    with pytest.raises(BackboneError, match="pool_head=False .* needs pool_stages"):
+        create_model(pretrained=False, freeze_blocks=4, pool_head=False)
+    assert "pool_head" not in lite0_levels.model_kwargs  # v2.x checkpoints keep their kwargs

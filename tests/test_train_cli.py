@@ -81,3 +81,18 @@ def test_multiview_recipes_check_their_config_too(tmp_path, capsys):
     assert main(["train", recipe, "--device", "cuda", "--output", str(tmp_path / "d")]) == 2
     assert "on the CPU" in capsys.readouterr().err
     assert not any((tmp_path / name).exists() for name in "abcd")
+
+
+def test_a_model_that_cannot_be_built_exits_2_and_leaves_no_run_folder(tmp_path, capsys):
+    fake = tmp_path / "fake"
+    fake_data_root(fake)
+    cases = {"model.pool_stages=[2]": "pool_stages must be in [3, 6] with freeze_blocks=4",
+             "model.pool_head=false": "pool_head=False leaves the heads nothing to see"}
+    for n, (override, message) in enumerate(cases.items()):
+        run_dir = tmp_path / f"run{n}"
+        assert main(["train", str(CONFIGS / "livec.yaml"), "--data-root", str(fake),
+                     "--set", "model.pretrained=false", "--set", override,
+                     "--output", str(run_dir), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert f"iqa train: error: model: {message}" in err and "Traceback" not in err
+        assert not run_dir.exists()

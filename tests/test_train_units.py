@@ -392,3 +392,18 @@ def test_metrics_log_drops_rows_past_the_resume_point(tmp_path):
     assert [line.split(",")[:3] for line in lines[1:]] == [
         ["train", "0", "1"], ["train", "0", "2"], ["train", "0", "3"], ["val", "0", "3"],
         ["train", "1", "4"]]
+
+
+def test_runs_that_differ_only_after_the_front_share_a_feature_cache(tmp_path):
+    from iqa.models import create_model
+    from iqa.training.front_cache import FeatureCache
+
+    def fingerprint(**kwargs) -> str:
+        torch.manual_seed(0)
+        model = create_model(pretrained=False, head_hidden=16, **kwargs)
+        return FeatureCache(tmp_path, model, model.preprocessing).fingerprint
+
+    shared = fingerprint(freeze_blocks=4, pool_stages=[3, 4, 5, 6])
+    assert fingerprint(freeze_blocks=4, pool_stages=[3, 5], pool_head=False) == shared
+    assert fingerprint(freeze_blocks=4) == shared
+    assert fingerprint(freeze_blocks=3, pool_stages=[3, 4, 5, 6]) != shared

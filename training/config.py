@@ -80,6 +80,9 @@ DEFAULTS: dict[str, Any] = {
         # Blocks whose mean/std the heads also see (multi-level pooling); [] = v1's single
         # global average of the last stage. The lowest allowed is freeze_blocks - 1.
         "pool_stages": [],
+        # Whether the heads also see the 1x1 head convolution's global average beside the
+        # pooled stages (False needs pool_stages; the head convolution is then never run).
+        "pool_head": True,
         # A detail view: a detail_grid x detail_grid mosaic of native detail_patch-px
         # patches beside the global view (null = the global view only, as v1). Its
         # distortions are applied at the photo's own resolution.

@@ -110,9 +110,11 @@ class FeatureCache:
         self.prep = prep
         self.batch_size = batch_size
         self.stride = frozen_stride(model, prep)
-        # pool_stages changes only what runs after the front, so runs that differ in it
-        # share one cache (and v1's fingerprints, which never had the key, stay put).
-        kwargs = {k: v for k, v in model.model_kwargs.items() if k != "pool_stages"}
+        # pool_stages and pool_head change only what runs after the front, so runs that
+        # differ in them share one cache (and v1's fingerprints, which never had the keys,
+        # stay put).
+        kwargs = {k: v for k, v in model.model_kwargs.items()
+                  if k not in ("pool_stages", "pool_head")}
         identity = {
             "model_kwargs": kwargs,
             "frozen_weights": weights_digest(model.frozen_modules()),

@@ -107,7 +107,7 @@ class Trainer:
     # ----------------------------------------------------------------- setup
 
     def _build(self) -> None:
-        from iqa.models import create_model
+        from iqa.models import BackboneError, create_model
 
         cfg, info = self.cfg, self.info
         seed = int(cfg["seed"])
@@ -115,13 +115,19 @@ class Trainer:
         if info.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
         m = cfg["model"]
-        self.model = create_model(
-            backbone=m["backbone"], pretrained=m["pretrained"], num_factors=len(FACTOR_NAMES),
-            head_hidden=int(m["head_hidden"]), dropout=float(m["dropout"]),
-            freeze_blocks=int(m["freeze_blocks"]), pool_stages=tuple(m["pool_stages"] or ()),
-            detail_grid=m["detail_grid"], detail_patch=int(m["detail_patch"]),
-            exposure_stats=bool(m["exposure_stats"]),
-        ).to(self.device)
+        try:
+            self.model = create_model(
+                backbone=m["backbone"], pretrained=m["pretrained"],
+                num_factors=len(FACTOR_NAMES), head_hidden=int(m["head_hidden"]),
+                dropout=float(m["dropout"]), freeze_blocks=int(m["freeze_blocks"]),
+                pool_stages=tuple(m["pool_stages"] or ()), pool_head=bool(m["pool_head"]),
+                detail_grid=m["detail_grid"], detail_patch=int(m["detail_patch"]),
+                exposure_stats=bool(m["exposure_stats"]),
+            ).to(self.device)
+        except BackboneError as exc:
+            # A model.* combination no network can be built from is a config error: a
+            # clear message and exit 2, not a traceback.
+            raise ConfigError(f"model: {exc}") from exc
         self.prep = preprocessing_for(self.model, cfg)
         self.data = prepare_data(cfg, self.run_dir, info, resuming=self.resume is not None)
         self.log(f"data: {self.data.description}")
