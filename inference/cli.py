@@ -10,6 +10,7 @@ imports ``iqa.training``.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -57,6 +58,11 @@ class _NotBuilt:
     def run(self, args: argparse.Namespace) -> int:
         print(f"iqa {self.name}: this subcommand is not built yet.", file=sys.stderr)
         return 2
+
+
+# Errors of writing output (a full disk, a quota, a failing device), which no command
+# handles itself where it prints to stdout.
+_WRITE_FAILURES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS})
 
 
 def _load(name: str):
@@ -117,6 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         # `iqa info | head`: the reader left, as Unix tools expect it may. Point stdout at
         # /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as exc:
+        if exc.errno not in _WRITE_FAILURES:
+            raise
+        # `iqa info > /dev/full`: say so in one line; the final flush must not fail again.
+        print(f"iqa {name}: error: cannot write the output: {exc.strerror or exc}",
+              file=sys.stderr)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
 

@@ -118,14 +118,25 @@ def run(args: argparse.Namespace) -> int:
     if args.factors and not factor_names:
         print(f"iqa score: {model.path.name} has no factor outputs", file=sys.stderr)
 
+    problem = output_problem(args.output, sources) if args.output else None
+    if problem:
+        print(f"iqa score: {problem}", file=sys.stderr)
+        return 2
+    # Rows go to FILE.partial and replace FILE only once every input is done, so that an
+    # interrupted or failed run leaves an earlier FILE whole. Devices such as /dev/stdout
+    # are written in place: a rename would replace the device node itself.
+    staged = args.output is not None and (not os.path.exists(args.output)
+                                          or os.path.isfile(args.output))
+    path = f"{args.output}.partial" if staged else args.output
     try:
-        out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
+        out = open(path, "w", encoding="utf-8", newline="") if path else sys.stdout
     except OSError as exc:
-        print(f"iqa score: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"iqa score: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     writer = make_writer(output_format, out, factor_names)
     failed = 0
     refused_urls = False
+    complete = False
     try:
         with _progress(len(sources), args.progress) as bar:
             results = model.iter_scores(
@@ -139,15 +150,29 @@ def run(args: argparse.Namespace) -> int:
                 if row["status"] == "error" or _in_range(row["score"], args):
                     writer.write(row)
         writer.close()
+        if out is not sys.stdout:
+            out.close()  # a full disk may only show here
+        complete = True
     except BrokenPipeError:
         # `iqa score DIR | head`: the reader left; exit quietly, like other Unix tools.
         # Point stdout at /dev/null so the interpreter's final flush does not fail again.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
+    except OSError as exc:  # writing failed: a full disk, a quota, an I/O error
+        print(f"iqa score: cannot write {path or 'to stdout'}: {exc.strerror or exc}",
+              file=sys.stderr)
+        if out is sys.stdout:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     finally:
         if out is not sys.stdout:
-            out.close()
+            _close_quietly(out)
+        if staged and not complete:
+            print(f"iqa score: stopped before the end: {args.output} is unchanged; the rows "
+                  f"written so far are in {path}", file=sys.stderr)
+    if staged:
+        os.replace(path, args.output)
     if failed:
         print(f"iqa score: {failed} of {len(sources)} inputs could not be scored", file=sys.stderr)
     if refused_urls:
@@ -178,6 +203,27 @@ def check_options(args: argparse.Namespace) -> str | None:
             and args.min_score > args.max_score:
         return f"--min-score {args.min_score} is above --max-score {args.max_score}"
     return None
+
+
+def output_problem(output: str, sources: list[str]) -> str | None:
+    """Why ``-o`` cannot be used, or None: it must not be one of the photos being scored
+    (they would be overwritten by their own scores), nor a folder."""
+    if os.path.isdir(output):
+        return f"-o {output} is a folder; give a file name, e.g. {output.rstrip('/')}/scores.csv"
+    if not os.path.exists(output):
+        return None
+    for source in sources:
+        if not is_url(source) and os.path.exists(source) and os.path.samefile(source, output):
+            return f"-o {output} is one of the inputs; scoring it would overwrite the photo"
+    return None
+
+
+def _close_quietly(handle) -> None:
+    # After a failed write the close's own flush fails again; that error is reported.
+    try:
+        handle.close()
+    except OSError:
+        pass
 
 
 def is_url(source: str) -> bool:

@@ -162,8 +162,11 @@ def _from_encoded(source, label, max_pixels, min_side, target_shorter_side) -> I
 def _bomb_message(label: str, exc: Exception, max_pixels: int | None) -> str:
     found = re.search(r"\((\d+) pixels\)", str(exc))
     size = _pixels(int(found.group(1))) if found else "too many pixels"
-    limit = max_pixels if max_pixels is not None else 2 * Image.MAX_IMAGE_PIXELS
-    return f"{label}: {size}, more than the limit of {_pixels(limit)}"
+    pillow_limit = 2 * Image.MAX_IMAGE_PIXELS
+    if max_pixels is not None and max_pixels < pillow_limit:
+        return f"{label}: {size}, more than the limit of {_pixels(max_pixels)}"
+    # A max_pixels above Pillow's own limit cannot lift it: name the limit that refused.
+    return f"{label}: {size}, more than the decoder's limit of {_pixels(pillow_limit)}"
 
 
 def _pixels(count: float) -> str:

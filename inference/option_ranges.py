@@ -8,9 +8,14 @@ def out_of_range(rules: dict[str, tuple]) -> str | None:
     (``strict``) or at least ``low``, as a message naming it; None when all are fine.
 
     None values are skipped (an option left at its automatic default). NaN fails every
-    comparison, so it is refused too.
+    comparison, so it is refused too, and so is infinity: no option means "unlimited" by
+    it, and the integer options would fail to convert it later, with a traceback.
     """
     for name, (value, low, strict) in rules.items():
-        if value is not None and not (value > low if strict else value >= low):
+        if value is None:
+            continue
+        if not (value > low if strict else value >= low):
             return f"{name} must be {'>' if strict else '>='} {low:g}, got {value}"
+        if value == float("inf"):
+            return f"{name} must be a finite number, got {value}"
     return None

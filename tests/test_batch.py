@@ -160,6 +160,7 @@ def test_bad_values_are_refused_before_ray_starts(tmp_path, tiny_model_path, opt
     (["--cpus-per-actor", "0"], "--cpus-per-actor must be > 0"),
     (["--threads", "-1"], "--threads must be >= 1"),
     (["--actors", "2-x"], "--actors must be N or MIN-MAX"),
+    (["--max-pixels", "inf"], "--max-pixels must be a finite number, got inf"),
 ])
 def test_cli_names_the_bad_option(tmp_path, capsys, argv, message):
     from iqa.inference.cli import main

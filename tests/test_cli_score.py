@@ -213,6 +213,7 @@ def test_info_text_and_json(capsys, tiny_model_path, tiny_model_no_factors_path)
     (["--min-score", "0.8", "--max-score", "0.2"], "is above --max-score"),
     (["--threads", "-2"], "--threads must be >= 1"),
     (["--max-pixels", "0"], "--max-pixels must be >= 1"),
+    (["--max-pixels", "inf"], "--max-pixels must be a finite number, got inf"),
     (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
     (["--workers", "-1"], "--workers must be >= 0, got -1"),
 ])
@@ -287,3 +288,74 @@ def _run_with_closed_stdout(argv: list[str]):
                               stderr=subprocess.PIPE, text=True, timeout=120)
     finally:
         os.close(writer)
+
+
+def test_oversized_photos_past_the_decoders_own_limit_name_that_limit(
+        capsys, folder, tiny_model_path, monkeypatch):
+    # A --max-pixels above Pillow's limit cannot lift it; the message names the limit that
+    # refused the photo, not the one the user asked for.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50_000)
+    code, out, _ = score(capsys, folder / "b.png", "--model", tiny_model_path,
+                         "--max-pixels", "1e9", "--format", "jsonl")
+    assert code == 1 and json.loads(out)["error"]["message"].endswith(
+        "120,000 pixels, more than the decoder's limit of 100,000 pixels")
+
+
+def test_an_output_that_is_an_input_or_a_folder_is_refused(capsys, tmp_path, photo,
+                                                           tiny_model_path):
+    shot = tmp_path / "x.jpg"
+    Image.fromarray(photo).save(shot)
+    before = shot.read_bytes()
+    for argv in ([shot, "-o", shot], [tmp_path, "-o", shot, "--format", "csv"]):
+        code, out, err = score(capsys, *argv, "--model", tiny_model_path)
+        assert code == 2 and "is one of the inputs" in err, err
+    assert shot.read_bytes() == before
+    code, _, err = score(capsys, shot, "--model", tiny_model_path, "-o", tmp_path)
+    assert code == 2 and "is a folder; give a file name" in err
+
+
+def test_an_interrupted_run_leaves_the_earlier_output_whole(capsys, folder, tmp_path,
+                                                            tiny_model_path, monkeypatch):
+    target = tmp_path / "scores.jsonl"
+    assert score(capsys, folder / "a.jpg", "--model", tiny_model_path, "-o", target)[0] == 0
+    earlier = target.read_text()
+    real = QualityModel.iter_scores
+
+    def one_then_ctrl_c(self, *args, **kwargs):
+        for n, item in enumerate(real(self, *args, **kwargs)):
+            if n == 1:
+                raise KeyboardInterrupt
+            yield item
+
+    monkeypatch.setattr(QualityModel, "iter_scores", one_then_ctrl_c)
+    code, _, err = score(capsys, folder, "--model", tiny_model_path, "-o", target)
+    assert code == 130 and "interrupted" in err
+    assert target.read_text() == earlier
+    partial = tmp_path / "scores.jsonl.partial"
+    assert f"{target} is unchanged; the rows written so far are in {partial}" in err
+    assert [json.loads(line)["path"] for line in partial.read_text().splitlines()] == [
+        str(folder / "a.jpg")]
+    monkeypatch.setattr(QualityModel, "iter_scores", real)
+    # The next complete run replaces the file and leaves no partial one behind.
+    assert score(capsys, folder / "b.png", "--model", tiny_model_path, "-o", target)[0] == 0
+    assert "b.png" in target.read_text() and not partial.exists()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("argv, redirect", [
+    (["score", "A", "-o", "/dev/full"], False),
+    (["score", "A"], True),
+    (["info"], True),
+], ids=["score -o", "score > full", "info > full"])
+def test_a_full_disk_is_one_clear_line(folder, tiny_model_path, argv, redirect):
+    argv = [str(folder / "a.jpg") if a == "A" else a for a in argv] + ["--model",
+                                                                         str(tiny_model_path)]
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-c", "import sys; from iqa.inference.cli import main; "
+             f"sys.exit(main({argv!r}))"],
+            stdout=full if redirect else subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "No space left on device" in done.stderr
+    assert os.path.exists("/dev/full") and not os.path.isfile("/dev/full")  # still a device
