@@ -64,6 +64,11 @@ META_CREATED = "iqa.created"
 META_INPUTS = "iqa.inputs"
 # JSON: the MOS -> score calibration baked into the graph (knots), for documentation.
 META_CALIBRATION = "iqa.calibration"
+# The META_PREPROCESSING keys `iqa export` has written since the first model
+# (tests/data/iqa-lite0-v1.onnx). A model lacking one would be scored with today's default in
+# its place, a silently different score; pixel_budget came later and stays optional.
+PREPROCESSING_KEYS = ("antialias", "extra", "max_longer_side", "mean", "resample",
+                      "shorter_side", "size_multiple", "std")
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,25 @@ class Preprocessing:
             if key in known:
                 known[key] = tuple(float(v) for v in known[key])
         return cls(**known)
+
+    @classmethod
+    def from_model_metadata(cls, text: str) -> Preprocessing:
+        """A model's META_PREPROCESSING, strictly: ValueError saying what is wrong unless
+        it is a JSON object with every one of PREPROCESSING_KEYS. Keys of a newer exporter
+        are still ignored. (:meth:`from_json` fills in what is missing, for checkpoints.)"""
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not JSON ({exc})") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"not a JSON object: {text.strip()[:40]}")
+        missing = [key for key in PREPROCESSING_KEYS if key not in raw]
+        if missing:
+            raise ValueError(f"no {', '.join(missing)} (every `iqa export`ed model has them)")
+        try:
+            return cls.from_json(text)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"unusable values ({exc})") from None
 
     def target_size(self, width: int, height: int) -> tuple[int, int]:
         """Return the (width, height) an image of the given size is resized to."""

@@ -169,6 +169,9 @@ class QualityModel:
             if value is not None and value < low:
                 raise ValueError(f"QualityModel: {name} must be >= {low}, got {value}")
         self.path = Path(path) if path is not None else default_model_path()
+        if self.path.is_dir():
+            raise ModelLoadError(f"{self.path} is a folder, not a model file: give the .onnx "
+                                 "file")
         if not self.path.is_file():
             what = "model file" if path is not None else "the shipped model is missing:"
             raise ModelLoadError(f"{what} not found: {self.path}")
@@ -196,7 +199,12 @@ class QualityModel:
             raise ModelLoadError(
                 f"{self.path} has no '{META_PREPROCESSING}' metadata; export it with `iqa export`"
             )
-        self.preprocessing = Preprocessing.from_json(self.metadata[META_PREPROCESSING])
+        try:
+            self.preprocessing = Preprocessing.from_model_metadata(
+                self.metadata[META_PREPROCESSING])
+        except ValueError as exc:
+            raise ModelLoadError(f"{self.path}: unusable '{META_PREPROCESSING}' metadata: "
+                                 f"{exc}") from None
         outputs = [o.name for o in self.session.get_outputs()]
         if SCORE_OUTPUT not in outputs:
             raise ModelLoadError(f"{self.path} has no '{SCORE_OUTPUT}' output (has {outputs})")

@@ -192,6 +192,12 @@ def test_no_image_to_score_and_foreign_parquet_are_refused(tmp_path, photo, tiny
         batch_module.score_batch(str(tmp_path / "in"), str(foreign), model=tiny_model_path,
                                  **_quiet())
     assert [f.name for f in foreign.iterdir()] == ["x.parquet"]  # nothing written
+    a_file = tmp_path / "scores.parquet"
+    a_file.write_bytes(b"mine")
+    with pytest.raises(BatchInputError, match="scores.parquet is a file; OUTPUT is the folder"):
+        batch_module.score_batch(str(tmp_path / "in"), str(a_file), model=tiny_model_path,
+                                 **_quiet())
+    assert a_file.read_bytes() == b"mine"
 
 
 def test_a_part_file_appears_whole_or_not_at_all(tmp_path, monkeypatch):

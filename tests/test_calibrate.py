@@ -175,6 +175,9 @@ def test_outputs_are_checked_before_the_fit_and_never_replace_the_input(trained,
     assert "is a folder" in capsys.readouterr().err
     assert main(["calibrate", str(trained), "-o", str(tmp_path / "c.png")]) == 2
     assert "the plot (-o with .png) and -o are the same file" in capsys.readouterr().err
+    # Before the fit: root passes os.access() here, and the save at the end used to fail.
+    assert main(["calibrate", str(trained), "-o", "/proc/c.pt"]) == 2
+    assert "-o /proc/c.pt: cannot write in /proc" in capsys.readouterr().err
     text = tmp_path / "livec.yaml"
     text.write_text("# a config\n")
     assert main(["calibrate", str(text), "-o", str(tmp_path / "o.pt")]) == 2

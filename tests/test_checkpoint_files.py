@@ -91,3 +91,11 @@ def test_output_problems_are_found_before_the_work(tmp_path):
     os.link(source, tmp_path / "same.pt")  # another name for the same file
     assert "is the input" in output_problem(tmp_path / "same.pt", inputs=[source])
     assert output_problem(tmp_path / "other.pt", inputs=[source]) is None
+    assert not [p for p in tmp_path.iterdir() if p.suffix == ".check"]  # the probe is gone
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_a_folder_that_takes_no_files_is_found_even_as_root():
+    # os.access(W_OK) is true for root in /proc; creating a file there fails.
+    assert output_problem("/proc/x.pt") == ("-o /proc/x.pt: cannot write in /proc (creating a "
+                                            "file there fails: No such file or directory)")

@@ -22,6 +22,7 @@ from iqa.inference.contract import (
     IMAGENET_STD,
     INPUT_NAME,
     MAX_LONGER_SIDE,
+    PREPROCESSING_KEYS,
     SHORTER_SIDE,
     DetailView,
     Preprocessing,
@@ -214,6 +215,18 @@ def test_preprocessing_json_round_trip_and_tolerance():
                                                 "mean": [0, 0, 0], "std": [1, 1, 1]}))
     assert newer == Preprocessing(shorter_side=256, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     assert isinstance(newer.mean[0], float) and isinstance(newer.std[0], float)
+
+
+def test_a_models_preprocessing_must_have_every_exported_key():
+    # A new field must either be required here or stay optional, as pixel_budget does.
+    assert sorted(json.loads(Preprocessing().to_json())) == sorted(PREPROCESSING_KEYS)
+    full = json.loads(BUDGET.to_json())
+    assert Preprocessing.from_model_metadata(json.dumps({**full, "future_key": 3})) == BUDGET
+    for text, reason in (("{bad", "not JSON"), ("[]", "not a JSON object"),
+                         (json.dumps({k: v for k, v in full.items() if k != "std"}), "no std"),
+                         (json.dumps({**full, "pixel_budget": 10}), "unusable values")):
+        with pytest.raises(ValueError, match=reason):
+            Preprocessing.from_model_metadata(text)
 
 
 def _coordinates_image(width: int, height: int) -> np.ndarray:

@@ -495,6 +495,9 @@ def test_csv_loader_errors(csv_root):
         load_dataset("csv", csv_root, score_range=(5, 1), **common)
     assert_error(excinfo, "HIGH > LOW")
     with pytest.raises(DatasetError) as excinfo:
+        load_dataset("csv", csv_root, score_range=(1, float("inf")), **common)
+    assert_error(excinfo, "must be finite")
+    with pytest.raises(DatasetError) as excinfo:
         load_dataset("csv", csv_root, score_range=(0, 10), higher_is_better="no", **common)
     assert_error(excinfo, "higher_is_better")
     with pytest.raises(DatasetError) as excinfo:

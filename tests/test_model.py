@@ -189,6 +189,62 @@ def test_model_without_preprocessing_metadata_is_refused(tmp_path, tiny_model_pa
         QualityModel(path)
 
 
+@pytest.mark.parametrize("value, reason", [
+    ("{bad", "not JSON"),
+    ("[]", "not a JSON object: []"),
+    # Defaults in place of the model's own policy would change its scores without a word.
+    ('{"foo": 1}', "no antialias, extra, max_longer_side, mean, resample, shorter_side, "
+                   "size_multiple, std"),
+    ('{"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "shorter_side": 64}', "no antialias"),
+])
+def test_unusable_preprocessing_metadata_exits_2_naming_the_model_and_key(
+        tmp_path, tiny_model_path, photo, capsys, value, reason):
+    onnx = pytest.importorskip("onnx")
+    from iqa.inference.cli import main
+
+    proto = onnx.load(str(tiny_model_path))
+    next(p for p in proto.metadata_props if p.key == META_PREPROCESSING).value = value
+    path = tmp_path / "m.onnx"
+    onnx.save(proto, str(path))
+    Image.fromarray(photo).save(tmp_path / "x.jpg")
+    for command in (["score", "--model", str(path), str(tmp_path / "x.jpg")],
+                    ["info", "--model", str(path)]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert f"{path}: unusable '{META_PREPROCESSING}' metadata: {reason}" in err
+        assert "Traceback" not in err
+
+
+def test_shipped_and_older_models_keep_loading_and_extra_keys_stay_ignored(
+        tmp_path, tiny_model_path):
+    onnx = pytest.importorskip("onnx")
+    from pathlib import Path
+
+    v1 = Path(__file__).parent / "data" / "iqa-lite0-v1.onnx"
+    assert QualityModel(v1, threads=1).preprocessing.pixel_budget is None  # written before it
+    assert QualityModel(threads=1).preprocessing.pixel_budget
+    proto = onnx.load(str(tiny_model_path))
+    prop = next(p for p in proto.metadata_props if p.key == META_PREPROCESSING)
+    prop.value = json.dumps({**json.loads(prop.value), "from_a_newer_exporter": 1})
+    onnx.save(proto, str(tmp_path / "newer.onnx"))
+    assert QualityModel(tmp_path / "newer.onnx", threads=1).preprocessing.shorter_side == 64
+
+
+def test_a_folder_as_the_model_is_named_a_folder(tmp_path, capsys):
+    from iqa.inference.cli import main
+
+    folder = tmp_path / "somedir.onnx"
+    folder.mkdir()
+    Image.new("RGB", (64, 64)).save(tmp_path / "x.jpg")
+    with pytest.raises(ModelLoadError, match="is a folder, not a model file"):
+        QualityModel(folder)
+    for command in (["score", str(tmp_path / "x.jpg"), "--model", str(folder)],
+                    ["info", "--model", str(folder)]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert f"{folder} is a folder, not a model file" in err and "not found" not in err
+
+
 def test_model_drafts_jpegs_to_no_less_than_its_input_size(model, photo):
     big = Image.fromarray(photo).resize((1024, 768))
     buffer = io.BytesIO()

@@ -438,3 +438,10 @@ def test_penalty_never_writes_over_its_input_or_into_a_folder(trained, tmp_path,
     assert main(["penalty", str(trained), "-o", str(tmp_path / "p.pt"),
                  "--json", str(tmp_path / "afile.txt" / "r.json")]) == 2
     assert "--json" in capsys.readouterr().err
+    # Both before the fit: -o used to be written and only then the --json write to fail.
+    assert main(["penalty", str(trained), "-o", "/proc/p.pt"]) == 2
+    assert "-o /proc/p.pt: cannot write in /proc" in capsys.readouterr().err
+    assert main(["penalty", str(trained), "-o", str(tmp_path / "p.pt"),
+                 "--json", "/proc/r.json"]) == 2
+    assert "--json /proc/r.json: cannot write in /proc" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile.txt"]

@@ -243,6 +243,30 @@ def test_bad_keys_are_refused_at_startup(tmp_path):
         KeyStore.from_sources("alice:1,:nouser")
     with pytest.raises(KeyConfigError, match="cannot read"):
         load_keys_file(tmp_path / "missing.txt")
+    binary = tmp_path / "photo.jpg"
+    binary.write_bytes(b"\xff\xd8\xff\xe0 not text")
+    with pytest.raises(KeyConfigError, match=r"keys file .*photo.jpg is not UTF-8 text"):
+        load_keys_file(binary)
+
+
+def test_a_host_that_does_not_resolve_is_a_usage_error(capsys, monkeypatch):
+    # The resolver is replaced, so no name server is asked; the CLI must turn its failure
+    # into exit 2 before loading the model or starting uvicorn.
+    import socket
+
+    from iqa.inference.cli import main
+
+    asked = []
+
+    def no_such_host(host, *args, **kwargs):
+        asked.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
+    assert main(["serve", "--host", "no-such-host.invalid", "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert asked == ["no-such-host.invalid"]
+    assert "--host no-such-host.invalid: cannot be resolved" in err and "Traceback" not in err
 
 
 def test_cli_defaults_bind_loopback(monkeypatch):

@@ -46,6 +46,24 @@ def test_config_errors_are_clear(tmp_path, capsys):
     assert "nothing to resume from" in capsys.readouterr().err
 
 
+def test_a_config_that_is_an_image_or_a_folder_exits_2_naming_it(tmp_path, capsys):
+    from PIL import Image
+
+    photo = tmp_path / "good.jpg"
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(photo)
+    folder = tmp_path / "adir.jpg"
+    folder.mkdir()
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"base: {photo.name}\n")
+    for config, message in ((photo, f"{photo} is not a text YAML file"),
+                            (folder, f"{folder} is a folder, not a config file"),
+                            (recipe, f"{photo.resolve()} is not a text YAML file")):
+        assert main(["train", str(config), "--output", str(tmp_path / "run")]) == 2
+        err = capsys.readouterr().err
+        assert f"iqa train: error: {message}" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir.jpg", "good.jpg", "r.yaml"]
+
+
 def test_missing_data_is_named_with_its_data_root_and_leaves_no_run_folder(tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert main(["train", str(CONFIGS / "livec.yaml"), "--data-root", str(tmp_path / "nowhere"),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -139,8 +140,17 @@ def output_problem(path: str | os.PathLike, option: str = "-o", *,
         if folder.exists():
             if not folder.is_dir():
                 return f"{option} {path}: {folder} is a file, not a folder"
-            if not os.access(folder, os.W_OK | os.X_OK):
-                return f"{option} {path}: cannot write in {folder} (permission denied)"
+            # os.access() says yes to root even where no file can be made (/proc, a
+            # read-only mount): only creating one proves the write at the end will work.
+            try:
+                with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.",
+                                                 suffix=".check"):
+                    pass
+            except OSError as exc:
+                reason = ("permission denied" if isinstance(exc, PermissionError)
+                          else "creating a file there fails: "
+                          f"{exc.strerror or type(exc).__name__}")
+                return f"{option} {path}: cannot write in {folder} ({reason})"
             break
     return None
 

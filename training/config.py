@@ -496,6 +496,15 @@ def load_file(path: Path, cfg: dict, seen: tuple[Path, ...] = (),
         loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError as exc:
         raise ConfigError(f"config file not found: {path}") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"{path} is a folder, not a config file: give a YAML recipe "
+                          "(e.g. configs/livec.yaml)") from exc
+    except UnicodeDecodeError as exc:
+        # An image or a checkpoint given by mistake; its bytes say nothing useful.
+        raise ConfigError(f"{path} is not a text YAML file (not UTF-8 text at byte "
+                          f"{exc.start})") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(loaded, dict):

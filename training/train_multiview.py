@@ -46,8 +46,8 @@ def peek_config(path: str | Path) -> dict:
     import yaml
 
     try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError):
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return {}
     return raw if isinstance(raw, dict) else {}
 

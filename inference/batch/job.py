@@ -107,7 +107,9 @@ def _check_pool(pool: tuple[int, int], cpus_per_actor: float) -> None:
         raise ValueError(
             f"{pool[0]} actors x {cpus_per_actor:g} CPUs leave no CPU of the cluster's "
             f"{cpus:g} for the decode tasks, and the job would wait forever; use fewer "
-            "actors, or MIN-MAX with a small MIN on an autoscaling cluster"
+            "actors, or MIN-MAX with a small MIN on an autoscaling cluster, or give the "
+            "cluster more CPUs (a local one needs --num-cpus 2 at least: one for an actor, "
+            "one for decoding; Ray's CPUs are logical and may exceed the machine's cores)"
         )
 
 
@@ -170,6 +172,9 @@ def score_batch(
         paths = list_inputs(input, column=column, recursive=recursive, s3_options=s3_options)
     except OSError as exc:  # pyarrow: access denied, no such bucket, network down
         raise BatchInputError(f"{input}: cannot list: {exc}") from exc
+    if "://" not in output and os.path.isfile(output):
+        raise BatchInputError(f"{output} is a file; OUTPUT is the folder (or s3:// prefix) "
+                              "that holds the Parquet parts")
     try:
         done, versions = read_done(output, s3_options)
     except OSError as exc:

@@ -41,6 +41,9 @@ def load_keys_file(path: str | os.PathLike) -> dict[str, str]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise KeyConfigError(f"cannot read keys file {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError:
+        raise KeyConfigError(f"keys file {path} is not UTF-8 text (one USER:SECRET per "
+                             "line)") from None
     keys: dict[str, str] = {}
     for number, line in enumerate(lines, start=1):
         if not line.strip() or line.lstrip().startswith("#"):

@@ -153,6 +153,19 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def host_problem(host: str, port: int) -> str | None:
+    """Why ``--host`` names no address to listen on, or None. Checked before the model
+    loads, so that a typo is a usage error (exit 2) rather than a failed start."""
+    import socket
+
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
+        return f"--host {host}: cannot be resolved to an address to listen on ({reason})"
+    return None
+
+
 def build_settings(args: argparse.Namespace):
     """Turn parsed options (and IQA_API_KEYS) into ServerSettings."""
     from ..fetch import FetchPolicy, MiB
@@ -228,6 +241,10 @@ def run(args: argparse.Namespace) -> int:
         settings = build_settings(args)
     except (KeyConfigError, ValueError) as exc:
         print(f"iqa serve: {exc}", file=sys.stderr)
+        return 2
+    problem = host_problem(args.host, args.port)
+    if problem:
+        print(f"iqa serve: {problem}", file=sys.stderr)
         return 2
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     providers = [p.strip() for p in args.providers.split(",") if p.strip()] if args.providers \

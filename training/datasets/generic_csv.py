@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -106,4 +107,8 @@ def _parse_range(score_range: Sequence[float] | str) -> tuple[float, float]:
     if not high > low:
         raise DatasetError(f"the score range (--csv-range LOW HIGH, or score_range) must "
                            f"have HIGH > LOW, got {score_range!r}")
+    if not (math.isfinite(low) and math.isfinite(high)):
+        # An infinite end would map every MOS to 0 or 1: "all MOS are equal" later on.
+        raise DatasetError(f"the score range (--csv-range LOW HIGH, or score_range) must "
+                           f"be finite, got {score_range!r}")
     return low, high

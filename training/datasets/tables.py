@@ -218,7 +218,8 @@ def finalize(entries: Sequence[tuple[Row, QualityRecord]], *, check_files: bool)
             more = f"; and {len(missing) - _MAX_LISTED} more" if len(missing) > _MAX_LISTED else ""
             raise DatasetError(
                 f"{source}: {len(missing)} of {len(entries)} listed image(s) are missing: "
-                f"{listed}{more}. Pass check_files=False to load the labels without images.",
+                f"{listed}{more}. Put them under the dataset's root (from Python, "
+                f"check_files=False loads the labels without images).",
                 source=source, where=missing[0][0].where,
             )
     return [record for _, record in entries]
