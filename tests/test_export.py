@@ -286,6 +286,7 @@ def test_cli_refuses_files_that_are_not_checkpoints(tmp_path, capsys):
     (["--opset", "99"], "--opset must be 17 to"),
     (["--quantize", "--calibration-images", "nonexist_dir"],
      "calibration image or folder not found: nonexist_dir"),
+    (["--quantize", "--calibration-images", "configs"], ".webp) under configs\n"),
 ])
 def test_cli_refuses_bad_options_before_exporting(cli_run, tmp_path, capsys, options, message):
     out = tmp_path / "m.onnx"

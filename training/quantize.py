@@ -54,7 +54,8 @@ def calibration_images_from(paths: Iterable[str | os.PathLike] | None,
         else:
             raise ExportError(f"calibration image or folder not found: {entry}")
     if not files:
-        raise ExportError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {list(paths)}")
+        raise ExportError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under "
+                          f"{', '.join(map(str, paths))}")
     # An even spread over the sorted list, so a folder of many images is sampled throughout.
     picks = np.linspace(0, len(files) - 1, num=min(limit, len(files))).round().astype(int)
     images = []
