@@ -127,11 +127,13 @@ def run(args: argparse.Namespace) -> int:
     # are written in place: a rename would replace the device node itself.
     staged = args.output is not None and (not os.path.exists(args.output)
                                           or os.path.isfile(args.output))
-    path = f"{args.output}.partial" if staged else args.output
+    # A link to a file is followed, so the file it names gets the rows, as open() would.
+    final = os.path.realpath(args.output) if staged else args.output
+    path = f"{final}.partial" if staged else args.output
     try:
         out = open(path, "w", encoding="utf-8", newline="") if path else sys.stdout
     except OSError as exc:
-        print(f"iqa score: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"iqa score: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     writer = make_writer(output_format, out, factor_names)
     failed = 0
@@ -172,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"iqa score: stopped before the end: {args.output} is unchanged; the rows "
                   f"written so far are in {path}", file=sys.stderr)
     if staged:
-        os.replace(path, args.output)
+        os.replace(path, final)
     if failed:
         print(f"iqa score: {failed} of {len(sources)} inputs could not be scored", file=sys.stderr)
     if refused_urls:

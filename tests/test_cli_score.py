@@ -359,3 +359,17 @@ def test_a_full_disk_is_one_clear_line(folder, tiny_model_path, argv, redirect):
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert "No space left on device" in done.stderr
     assert os.path.exists("/dev/full") and not os.path.isfile("/dev/full")  # still a device
+
+
+def test_an_output_through_a_link_writes_the_file_it_names(capsys, folder, tmp_path,
+                                                           tiny_model_path):
+    real = tmp_path / "real.csv"
+    real.write_text("old\n")
+    link = tmp_path / "link.csv"
+    link.symlink_to(real)
+    assert score(capsys, folder / "b.png", "--model", tiny_model_path, "-o", link)[0] == 0
+    assert link.is_symlink() and "b.png" in real.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.csv", "real.csv"]
+    code, _, err = score(capsys, folder / "b.png", "--model", tiny_model_path,
+                         "-o", tmp_path / "missing" / "x.csv")
+    assert code == 2 and f"cannot write {tmp_path / 'missing' / 'x.csv'}" in err
