@@ -129,6 +129,9 @@ def _from_encoded(source, label, max_pixels, min_side, target_shorter_side) -> I
         path = Path(source)
         if path.is_file() and path.stat().st_size == 0:
             raise ImageDecodeError(f"{label}: empty file (0 bytes)")
+    elif isinstance(source, io.TextIOBase):
+        raise ImageDecodeError(f"{label}: a file opened in text mode; open it in binary "
+                               "mode (open(path, 'rb')) or pass the path")
     elif not hasattr(source, "read"):
         raise ImageDecodeError(
             f"{label}: cannot decode an object of type {type(source).__name__}; "
@@ -347,6 +350,8 @@ def _to_rgb(image: Image.Image, label: str) -> Image.Image:
     if mode == "P":
         has_alpha = "transparency" in image.info or getattr(image.palette, "mode", "") == "RGBA"
         return _over_white(image.convert("RGBA")) if has_alpha else image.convert("RGB")
+    if mode == "La":  # premultiplied; Pillow converts it to LA only
+        image = image.convert("LA")
     if mode in ("RGBA", "RGBa", "LA", "La", "PA"):
         return _over_white(image.convert("RGBA"))
     if mode.startswith("I") or mode == "F":

@@ -6,8 +6,12 @@ The model file carries its own preprocessing in its metadata (the ONNX contract 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import numbers
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -114,7 +118,7 @@ def choose_providers(requested: list[str] | None = None) -> list[str]:
     """CUDA when present, else CPU; or exactly what was asked for, if available."""
     available = available_providers()
     if requested:
-        missing = [p for p in requested if p not in available]
+        missing = [_provider_name(p) for p in requested if _provider_name(p) not in available]
         if missing:
             raise ModelLoadError(
                 f"onnxruntime providers not available: {', '.join(missing)}; "
@@ -132,13 +136,29 @@ def _check_providers_active(session, requested: list[str] | None, path: Path) ->
     if not requested:
         return
     active = session.get_providers()
-    inactive = [p for p in requested if p not in active]
+    inactive = [_provider_name(p) for p in requested if _provider_name(p) not in active]
     if inactive:
         raise ModelLoadError(
             f"{path}: onnxruntime could not start {', '.join(inactive)} (running on: "
             f"{', '.join(active)}); check the GPU driver and CUDA/cuDNN libraries, or leave "
             "out --providers to use what works"
         )
+
+
+def _is_whole(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) \
+        and math.isfinite(value) and float(value).is_integer()
+
+
+def _provider_name(provider) -> str:
+    """onnxruntime takes a name or a (name, options) pair."""
+    return provider if isinstance(provider, str) else str(provider[0])
+
+
+def _is_stateful(source) -> bool:
+    """Whether reading ``source`` changes it: a file object (its position) or a PIL image
+    (its lazy load), as opposed to a path, bytes or an array."""
+    return not isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview, np.ndarray))
 
 
 class QualityModel:
@@ -166,8 +186,13 @@ class QualityModel:
         # Caught here, not at the first photo: a limit of 0 would refuse every image.
         for name, value, low in (("max_pixels", max_pixels, 1), ("min_side", min_side, 1),
                                  ("run_batch_size", run_batch_size, 1), ("threads", threads, 0)):
-            if value is not None and value < low:
-                raise ValueError(f"QualityModel: {name} must be >= {low}, got {value}")
+            if value is None and name != "min_side":
+                continue  # automatic, or (max_pixels) only Pillow's own limit
+            if not _is_whole(value) or value < low:
+                raise ValueError(f"QualityModel: {name} must be a whole number >= {low}, "
+                                 f"got {value!r}")
+        if isinstance(providers, str):  # "CUDAExecutionProvider,CPUExecutionProvider"
+            providers = [p.strip() for p in providers.split(",") if p.strip()]
         self.path = Path(path) if path is not None else default_model_path()
         if self.path.is_dir():
             raise ModelLoadError(f"{self.path} is a folder, not a model file: give the .onnx "
@@ -181,7 +206,11 @@ class QualityModel:
         self.threads = threads
         options = ort.SessionOptions()
         if threads:
-            options.intra_op_num_threads = int(threads)
+            try:
+                options.intra_op_num_threads = int(threads)
+            except (TypeError, OverflowError):  # beyond what onnxruntime can hold
+                raise ValueError(f"QualityModel: threads={threads} is more than onnxruntime "
+                                 "takes") from None
         # Idle onnxruntime threads spin by default, stealing the CPU that the decode
         # workers need: 15 images/s end to end with spinning, 26 without (Lite0, 2 cores).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -293,6 +322,10 @@ class QualityModel:
 
     def result_from_outputs(self, score: float, factors: np.ndarray | None,
                             mos: float | None = None) -> QualityResult:
+        if not np.isfinite(score):
+            # Clipping would turn NaN into a "very_good" photo.
+            raise IQAError(f"{self.path.name} returned a score of {float(score)}: the model "
+                           "file is broken, or the input was not prepared by this model")
         score = float(np.clip(score, 0.0, 1.0))
         named = None
         if factors is not None and self.factor_names:
@@ -375,12 +408,19 @@ class QualityModel:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         numbered = enumerate(sources)
         pool = ThreadPoolExecutor(workers, thread_name_prefix="iqa-decode") if workers > 0 else None
+        # A file object or PIL image listed twice must not be read by two workers at once:
+        # they would share its position or its lazy load and decode garbage, or damage
+        # the caller's object. Each such object gets a lock; paths, bytes and arrays are
+        # read without one.
+        locks: dict[int, threading.Lock] = {}
 
         def submit_next_batch() -> list[tuple[int, Future | Prepared | IQAError]]:
             batch = list(islice(numbered, batch_size))
             if pool is None:
                 return [(i, self._prepare_safely(src, loader)) for i, src in batch]
-            return [(i, pool.submit(self._prepare_safely, src, loader)) for i, src in batch]
+            return [(i, pool.submit(self._prepare_safely, src, loader,
+                                    locks.setdefault(id(src), threading.Lock())
+                                    if _is_stateful(src) else None)) for i, src in batch]
 
         try:
             pending = submit_next_batch()
@@ -405,10 +445,11 @@ class QualityModel:
         """Score all ``sources``; failed items hold their IQAError, in input order."""
         return [r for _, r in self.iter_scores(sources, batch_size, workers, loader=loader)]
 
-    def _prepare_safely(self, source, loader) -> Prepared | IQAError:
+    def _prepare_safely(self, source, loader, lock=None) -> Prepared | IQAError:
         name = str(source) if isinstance(source, (str, os.PathLike)) else None
         try:
-            return self.prepare(loader(source) if loader else source, name)
+            with lock or contextlib.nullcontext():
+                return self.prepare(loader(source) if loader else source, name)
         except IQAError as exc:
             return exc
         except Exception as exc:  # noqa: BLE001 - one bad item must not stop a batch

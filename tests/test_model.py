@@ -299,5 +299,68 @@ def test_a_requested_provider_that_does_not_start_is_an_error(tiny_model_path, m
 @pytest.mark.parametrize("option", [{"max_pixels": 0}, {"min_side": 0}, {"run_batch_size": 0},
                                     {"threads": -1}])
 def test_limits_that_would_refuse_every_image_are_refused_up_front(tiny_model_path, option):
-    with pytest.raises(ValueError, match=f"{next(iter(option))} must be >="):
+    with pytest.raises(ValueError, match=f"{next(iter(option))} must be a whole number >="):
         QualityModel(tiny_model_path, **option)
+
+
+# ------------------------------------------- inputs an audit of the Python API found wrong
+
+
+def test_one_file_object_or_image_listed_many_times_scores_as_once(tiny_model_path, photo,
+                                                                    tmp_path):
+    # Workers sharing one lazily loaded PIL image or one stream used to read each other's
+    # position: failures, other scores, and a caller's image damaged afterwards.
+    model = QualityModel(tiny_model_path)
+    path = tmp_path / "p.png"
+    Image.fromarray(photo[:200, :300]).save(path)
+    expected = model.score(path).score
+    image = Image.open(path)  # not loaded yet
+    stream = io.BytesIO(path.read_bytes())
+    with open(path, "rb") as handle:
+        for sources in ([image] * 12, [stream] * 12, [handle, handle, handle, handle]):
+            results = model.score_many(sources, batch_size=4, workers=4)
+            assert [r.score for r in results] == pytest.approx([expected] * len(sources),
+                                                               abs=1e-6), results
+    assert model.score(image).score == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_text_mode_file_is_named_as_such(tiny_model_path, tmp_path, photo):
+    path = tmp_path / "p.png"
+    Image.fromarray(photo[:64, :64]).save(path)
+    model = QualityModel(tiny_model_path)
+    with open(path, encoding="latin-1") as text, pytest.raises(
+            ImageDecodeError, match=r"opened in text mode; open it in binary mode"):
+        model.score(text)
+
+
+def test_premultiplied_grey_with_alpha_scores_like_plain_grey_with_alpha(tiny_model_path):
+    model = QualityModel(tiny_model_path)
+    plain = Image.new("LA", (64, 64), (90, 255))
+    assert model.score(plain.convert("La")).score == pytest.approx(model.score(plain).score,
+                                                                    abs=1e-6)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"min_side": None}, "min_side must be a whole number >= 1, got None"),
+    ({"threads": "2"}, "threads must be a whole number >= 0, got '2'"),
+    ({"threads": 1.5}, "threads must be a whole number >= 0, got 1.5"),
+    ({"max_pixels": float("inf")}, "max_pixels must be a whole number >= 1, got inf"),
+    ({"threads": 10**12}, "is more than onnxruntime takes"),
+])
+def test_constructor_options_of_the_wrong_kind_are_named(tiny_model_path, options, message):
+    with pytest.raises(ValueError, match=message):
+        QualityModel(tiny_model_path, **options)
+
+
+def test_providers_as_a_string_or_with_options_as_onnxruntime_takes_them(tiny_model_path):
+    for providers in ("CPUExecutionProvider", [("CPUExecutionProvider", {})]):
+        model = QualityModel(tiny_model_path, providers=providers)
+        assert model.session.get_providers() == ["CPUExecutionProvider"]
+    with pytest.raises(ModelLoadError, match="providers not available: NopeProvider;"):
+        QualityModel(tiny_model_path, providers=[("NopeProvider", {})])
+
+
+def test_a_non_finite_score_is_an_error_not_a_very_good_photo(tiny_model_path):
+    model = QualityModel(tiny_model_path)
+    with pytest.raises(IQAError, match="returned a score of nan"):
+        model.result_from_outputs(float("nan"), None)
