@@ -404,8 +404,14 @@ class QualityModel:
         ``loader``, when given, turns each source into something :func:`decode_image`
         takes, in a worker thread (the CLI fetches URLs with it).
         """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if isinstance(sources, (str, bytes, os.PathLike)):
+            # Iterating one path would score each of its characters as a file.
+            raise TypeError(f"sources must be a list or other iterable of images, not one "
+                            f"{type(sources).__name__}; score one image with score()")
+        if not _is_whole(batch_size) or batch_size < 1:
+            raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+        if not _is_whole(workers) or workers < 0:
+            raise ValueError(f"workers must be a whole number >= 0, got {workers!r}")
         numbered = enumerate(sources)
         pool = ThreadPoolExecutor(workers, thread_name_prefix="iqa-decode") if workers > 0 else None
         # A file object or PIL image listed twice must not be read by two workers at once:

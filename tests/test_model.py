@@ -364,3 +364,13 @@ def test_a_non_finite_score_is_an_error_not_a_very_good_photo(tiny_model_path):
     model = QualityModel(tiny_model_path)
     with pytest.raises(IQAError, match="returned a score of nan"):
         model.result_from_outputs(float("nan"), None)
+
+
+def test_score_many_wants_a_list_of_images_and_whole_numbers(tiny_model_path):
+    model = QualityModel(tiny_model_path)
+    with pytest.raises(TypeError, match="not one str; score one image with score()"):
+        model.score_many("photo.jpg")
+    for options, message in (({"batch_size": 2.5}, "batch_size must be a whole number"),
+                             ({"workers": -1}, "workers must be a whole number >= 0")):
+        with pytest.raises(ValueError, match=message):
+            model.score_many([], **options)
