@@ -416,18 +416,24 @@ class QualityModel:
         pool = ThreadPoolExecutor(workers, thread_name_prefix="iqa-decode") if workers > 0 else None
         # A file object or PIL image listed twice must not be read by two workers at once:
         # they would share its position or its lazy load and decode garbage, or damage
-        # the caller's object. Each such object gets a lock; paths, bytes and arrays are
-        # read without one.
+        # the caller's object. Each such object of the two batches in flight gets a lock;
+        # paths, bytes and arrays are read without one.
         locks: dict[int, threading.Lock] = {}
 
         def submit_next_batch() -> list[tuple[int, Future | Prepared | IQAError]]:
             batch = list(islice(numbered, batch_size))
             if pool is None:
                 return [(i, self._prepare_safely(src, loader)) for i, src in batch]
+            in_flight = {id(src) for _, src in batch if _is_stateful(src)}
+            for key in [k for k in locks if k not in in_flight and k not in previous]:
+                del locks[key]  # the batch that used it is done: keep the dict small
+            previous.clear()
+            previous.update(in_flight)
             return [(i, pool.submit(self._prepare_safely, src, loader,
                                     locks.setdefault(id(src), threading.Lock())
-                                    if _is_stateful(src) else None)) for i, src in batch]
+                                    if id(src) in in_flight else None)) for i, src in batch]
 
+        previous: set[int] = set()  # the stateful sources of the batch submitted last
         try:
             pending = submit_next_batch()
             while pending:
