@@ -110,6 +110,8 @@ class QualityNet(nn.Module):
             raise BackboneError("pool_head=False leaves the heads nothing to see: "
                                 "it needs pool_stages")
         self.pool_head = bool(pool_head)
+        # Blocks run after the front: all of them, or up to the highest pooled stage.
+        self.blocks_run = num_stages if self.pool_head else max(self.pool_stages) + 1
         # Width of forward_head(pre_logits=True); differs from num_features in e.g. MobileNetV3.
         features = getattr(backbone, "head_hidden_size", None) or backbone.num_features
         if not self.pool_head:
@@ -181,7 +183,7 @@ class QualityNet(nn.Module):
         if self.pool_head:
             return nn.Sequential()
         b = self.backbone
-        return nn.Sequential(*b.blocks[max(self.pool_stages) + 1 :], b.conv_head, b.bn2)
+        return nn.Sequential(*b.blocks[self.blocks_run :], b.conv_head, b.bn2)
 
     def trainable_modules(self) -> nn.Sequential:
         """The backbone after the frozen front, up to the final feature map."""
@@ -286,8 +288,7 @@ class QualityNet(nn.Module):
         first = self.freeze_blocks
         if first - 1 in norms:
             levels.append(norms[first - 1](torch.cat(mean_std(x), dim=1)))
-        last = len(b.blocks) if self.pool_head else max(self.pool_stages) + 1
-        for i in range(first, last):
+        for i in range(first, self.blocks_run):
             x = b.blocks[i](x)
             if i in norms:
                 levels.append(norms[i](torch.cat(mean_std(x), dim=1)))
@@ -360,7 +361,8 @@ def create_model(
     (see ``BACKBONES``), False = random init, or a path to a .pth/.safetensors state_dict.
     ``pool_stages``: blocks whose mean/std the heads see besides the last stage (empty =
     v1's single global average). ``pool_head``: the heads also see the 1x1 head
-    convolution's global average (False: the pooled stages only). ``calibrated``: hold a MOS -> page-scale calibration.
+    convolution's global average (False: the pooled stages only). ``calibrated``: hold a
+    MOS -> page-scale calibration.
     ``detail_grid``: also see a ``detail_grid`` x ``detail_grid`` mosaic of native
     ``detail_patch``-px patches (None = the global view only, as v1), placed as
     ``detail_kind`` says (:class:`~iqa.inference.contract.DetailView`; ``detail_candidates``
