@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .csv_safe import spreadsheet_safe
 from .option_ranges import out_of_range
+from .output_files import output_problem
 from .server.logsafe import escape_control
 
 FORMATS = ("table", "json", "jsonl", "csv")
@@ -118,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
     if args.factors and not factor_names:
         print(f"iqa score: {model.path.name} has no factor outputs", file=sys.stderr)
 
-    problem = output_problem(args.output, sources) if args.output else None
+    problem = (output_problem(args.output, inputs=[s for s in sources if not is_url(s)],
+                              devices=True) if args.output else None)
     if problem:
         print(f"iqa score: {problem}", file=sys.stderr)
         return 2
@@ -204,19 +206,6 @@ def check_options(args: argparse.Namespace) -> str | None:
     if args.min_score is not None and args.max_score is not None \
             and args.min_score > args.max_score:
         return f"--min-score {args.min_score} is above --max-score {args.max_score}"
-    return None
-
-
-def output_problem(output: str, sources: list[str]) -> str | None:
-    """Why ``-o`` cannot be used, or None: it must not be one of the photos being scored
-    (they would be overwritten by their own scores), nor a folder."""
-    if os.path.isdir(output):
-        return f"-o {output} is a folder; give a file name, e.g. {output.rstrip('/')}/scores.csv"
-    if not os.path.exists(output):
-        return None
-    for source in sources:
-        if not is_url(source) and os.path.exists(source) and os.path.samefile(source, output):
-            return f"-o {output} is one of the inputs; scoring it would overwrite the photo"
     return None
 
 

@@ -8,6 +8,7 @@ import http.server
 import io
 import json
 import os
+import stat
 import subprocess
 import sys
 import threading
@@ -308,10 +309,16 @@ def test_an_output_that_is_an_input_or_a_folder_is_refused(capsys, tmp_path, pho
     before = shot.read_bytes()
     for argv in ([shot, "-o", shot], [tmp_path, "-o", shot, "--format", "csv"]):
         code, out, err = score(capsys, *argv, "--model", tiny_model_path)
-        assert code == 2 and "is one of the inputs" in err, err
+        assert code == 2 and "is the input" in err, err
     assert shot.read_bytes() == before
     code, _, err = score(capsys, shot, "--model", tiny_model_path, "-o", tmp_path)
-    assert code == 2 and "is a folder; give a file name" in err
+    assert code == 2 and "is a folder: give the file to write" in err
+    if os.path.exists("/dev/null"):  # a device is written in place, never renamed over
+        assert score(capsys, shot, "--model", tiny_model_path, "-o", "/dev/null")[0] == 0
+        assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    if os.path.isdir("/proc/self"):  # root may write anywhere but /proc takes no files
+        code, _, err = score(capsys, shot, "--model", tiny_model_path, "-o", "/proc/s.csv")
+        assert code == 2 and "cannot write in /proc" in err, err
 
 
 def test_an_interrupted_run_leaves_the_earlier_output_whole(capsys, folder, tmp_path,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import stat
 from dataclasses import replace
 
 import numpy as np
@@ -300,10 +302,13 @@ def test_cli_checks_the_output_path_first(cli_run, tmp_path, capsys):
     checkpoint = cli_run[1].parent / "best.pt"
     before = checkpoint.read_bytes()
     (tmp_path / "afile.txt").write_text("x")
+    pipe = tmp_path / "pipe"  # as root, a rename over it (or over /dev/null) replaced it
+    os.mkfifo(pipe)
     for out, message in ((tmp_path, "is a folder"),
                          (tmp_path / "afile.txt" / "m.onnx", "afile.txt is a file, not a folder"),
                          (checkpoint, "is the input"),
-                         ("/proc/m.onnx", "-o /proc/m.onnx: cannot write in /proc")):
+                         ("/proc/m.onnx", "-o /proc/m.onnx: cannot write in /proc"),
+                         (pipe, "is a pipe, not a file")):
         assert main(["export", str(checkpoint), "-o", str(out)]) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
@@ -311,6 +316,7 @@ def test_cli_checks_the_output_path_first(cli_run, tmp_path, capsys):
     assert main(["export", str(checkpoint), "-o", str(tmp_path / "m.onnx"), "--quantize"]) == 2
     assert "--quantize's int8 file" in capsys.readouterr().err
     assert checkpoint.read_bytes() == before and not (tmp_path / "m.onnx").exists()
+    assert stat.S_ISFIFO(pipe.stat().st_mode)
 
 
 def test_a_failed_parity_check_leaves_the_previous_model_in_place(cli_run, model, tmp_path,

@@ -70,8 +70,7 @@ def option_problem(options: dict[str, tuple], outputs: list[tuple], checkpoint: 
     written, or one that would replace ``checkpoint`` or another output; None when all are
     fine. Checked before the checkpoint is loaded: these used to fail only after the fit."""
     from iqa.inference.option_ranges import out_of_range
-
-    from .checkpoint import output_problem
+    from iqa.inference.output_files import output_problem
 
     problem = out_of_range(options)
     if problem:

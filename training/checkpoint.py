@@ -6,7 +6,8 @@ state ("optimizer", "scheduler", "scaler", "rng", "step_in_epoch", "preprocessin
 "history"), enough to continue a killed run exactly where it stopped. The commands that
 fit something after training (`iqa calibrate`, `iqa penalty`) and `iqa export` read one
 with :func:`load_checkpoint` and write their outputs with :func:`atomic_path`, after
-:func:`output_problem` has checked the path before any work is done.
+:func:`iqa.inference.output_files.output_problem` has checked the path before any work
+is done.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +49,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     torn or half-checked file.
     """
     path = Path(path)
+    if path.exists() and not path.is_file():
+        # A rename over a device or pipe would replace the node itself (/dev/null, as root).
+        raise OSError(f"{path} is not a regular file: refusing to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -119,40 +122,6 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", *,
     if missing:
         raise CheckpointError(f"{not_ours} (no {', '.join(missing)})")
     return state
-
-
-def output_problem(path: str | os.PathLike, option: str = "-o", *,
-                   inputs: Iterable[str | os.PathLike] = ()) -> str | None:
-    """Why ``path`` cannot be written as an output file, or None. Named after ``option``;
-    checked before the work, which used to fail only once it was done.
-
-    ``inputs``: files the command reads, which ``path`` must not replace (a run's last.pt
-    overwritten by a fitted, weights-only copy cannot be resumed).
-    """
-    path = Path(path)
-    if path.is_dir():
-        return f"{option} {path} is a folder: give the file to write"
-    for source in map(Path, inputs):
-        if path.exists() and source.exists() and os.path.samefile(path, source):
-            return (f"{option} {path} is the input {source} itself: write to another file, "
-                    "so that the input stays as it is")
-    for folder in [path.parent, *path.parent.parents]:
-        if folder.exists():
-            if not folder.is_dir():
-                return f"{option} {path}: {folder} is a file, not a folder"
-            # os.access() says yes to root even where no file can be made (/proc, a
-            # read-only mount): only creating one proves the write at the end will work.
-            try:
-                with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.",
-                                                 suffix=".check"):
-                    pass
-            except OSError as exc:
-                reason = ("permission denied" if isinstance(exc, PermissionError)
-                          else "creating a file there fails: "
-                          f"{exc.strerror or type(exc).__name__}")
-                return f"{option} {path}: cannot write in {folder} ({reason})"
-            break
-    return None
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:

@@ -311,7 +311,8 @@ def max_opset(exporter: str) -> int:
 def option_problem(args: argparse.Namespace) -> str | None:
     """What is wrong with the options and output paths, or None; checked before the
     checkpoint is loaded, so that no export is made only to be refused."""
-    from .checkpoint import output_problem
+    from iqa.inference.output_files import output_problem
+
     from .quantize import int8_path_for
 
     newest = max_opset(args.exporter)
