@@ -122,8 +122,11 @@ def decode_image(
 
 def _from_encoded(source, label, max_pixels, min_side, target_shorter_side) -> Image.Image:
     if isinstance(source, (bytes, bytearray, memoryview)):
-        if len(source) == 0:
+        if memoryview(source).nbytes == 0:
             raise ImageDecodeError(f"{label}: empty input (0 bytes)")
+        if isinstance(source, memoryview) and not source.contiguous:
+            # BytesIO takes only contiguous buffers; a strided view's bytes are its C-order copy.
+            source = source.tobytes()
         source = io.BytesIO(source)
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)

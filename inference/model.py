@@ -193,6 +193,10 @@ class QualityModel:
                                  f"got {value!r}")
         if isinstance(providers, str):  # "CUDAExecutionProvider,CPUExecutionProvider"
             providers = [p.strip() for p in providers.split(",") if p.strip()]
+        if path is not None and not os.fspath(path):
+            # Path("") is the current folder, which would be named as the model.
+            raise ModelLoadError("the model path is empty: give an .onnx file, or no path "
+                                 "for the shipped model")
         self.path = Path(path) if path is not None else default_model_path()
         if self.path.is_dir():
             raise ModelLoadError(f"{self.path} is a folder, not a model file: give the .onnx "

@@ -53,6 +53,7 @@ def test_every_kind_of_source_decodes_to_the_same_rgb(photo, tmp_path):
         png,
         bytearray(png),
         memoryview(png),
+        memoryview(np.stack([np.frombuffer(png, np.uint8)] * 2, 1)[:, 0]),  # a strided view
         io.BytesIO(png),
         Image.open(io.BytesIO(png)),
         photo,

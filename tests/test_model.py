@@ -243,6 +243,10 @@ def test_a_folder_as_the_model_is_named_a_folder(tmp_path, capsys):
         assert main(command) == 2
         err = capsys.readouterr().err
         assert f"{folder} is a folder, not a model file" in err and "not found" not in err
+    with pytest.raises(ModelLoadError, match="the model path is empty"):
+        QualityModel("")  # not "." (the current folder) named as the model
+    assert main(["info", "--model", ""]) == 2
+    assert "iqa info: the model path is empty" in capsys.readouterr().err
 
 
 def test_model_drafts_jpegs_to_no_less_than_its_input_size(model, photo):
