@@ -11,6 +11,10 @@ from PIL import Image
 from .contract import LUMA_WEIGHTS, DetailView, Preprocessing
 from .decode import ImageSource, decode_image
 
+# The cheap reductions (the DCT-scaled JPEG decode, Pillow's box pre-reduce) stop at this
+# multiple of the model's view; the antialiased resize does the rest, as in training.
+REDUCTION_GAP = 3
+
 _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
     "bilinear": Image.Resampling.BILINEAR,
@@ -22,17 +26,19 @@ def decode_for_model(source: ImageSource, prep: Preprocessing, *, native: bool =
                      **decode_options) -> Image.Image:
     """Decode ``source`` to RGB the way the model needs it; training decodes through here too.
 
-    JPEGs decode at a reduced DCT scale (1/2, 1/4, 1/8), never below the shorter side the
-    policy resizes that photo to, and the bicubic resize does the rest. For 1024x768 photos
-    at shorter side 320 this more than halves decode + resize time, and the model input
-    differs from a full decode by a mean of 0.6/255 (99th percentile 4/255): less than
-    JPEG's own quantisation noise.
+    JPEGs decode at a reduced DCT scale (1/2, 1/4, 1/8) only while the shorter side stays
+    at least ``REDUCTION_GAP`` times the one the policy resizes that photo to, and the
+    bicubic resize does the rest. libjpeg's scaled decode is softer than that resize: a
+    photo scaled in the DCT to within 2x of the model's view lost 10-15 % of its Laplacian
+    variance and scored 0.01-0.05 lower than fully decoded, though the pixels differed by
+    under 1/255 on average. At 3x and more the gap fell to a few thousandths
+    (BENCHMARKS.md, "Decoding at a reduced scale").
 
     ``native`` decodes every pixel: a model with a detail view judges the photo's own
     resolution, which a reduced decode would throw away.
     """
     def target(width: int, height: int) -> int:
-        return min(prep.target_size(width, height))
+        return REDUCTION_GAP * min(prep.target_size(width, height))
 
     return decode_image(source, target_shorter_side=None if native else target,
                         **decode_options)
@@ -47,7 +53,7 @@ def resize_for_model(image: Image.Image, prep: Preprocessing) -> Image.Image:
     # at least 6x the target is first box-reduced by an integer factor (reducing_gap):
     # 4000x3000 -> 416x320 took 27 ms instead of 73 (mean difference 1/255 on noise, the
     # worst case); photos under 6x, all training photos among them, are untouched.
-    return image.resize(size, _RESAMPLE[prep.resample], reducing_gap=3.0)
+    return image.resize(size, _RESAMPLE[prep.resample], reducing_gap=REDUCTION_GAP)
 
 
 def normalise(rgb: np.ndarray, prep: Preprocessing | DetailView) -> np.ndarray:

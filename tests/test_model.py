@@ -249,14 +249,17 @@ def test_a_folder_as_the_model_is_named_a_folder(tmp_path, capsys):
     assert "iqa info: the model path is empty" in capsys.readouterr().err
 
 
-def test_model_drafts_jpegs_to_no_less_than_its_input_size(model, photo):
-    big = Image.fromarray(photo).resize((1024, 768))
+def test_model_drafts_jpegs_to_no_less_than_three_times_its_input_size(model, photo):
+    from iqa.inference.preprocess import REDUCTION_GAP
+
+    big = Image.fromarray(photo).resize((4000, 3000))
     buffer = io.BytesIO()
     big.save(buffer, "JPEG", quality=90)
     decoded = model.decode(buffer.getvalue())
-    assert model.preprocessing.shorter_side <= min(decoded.size) < 768
+    view = model.preprocessing.target_size(4000, 3000)
+    assert REDUCTION_GAP * min(view) <= min(decoded.size) < 3000
     tensor = model.prepare(buffer.getvalue())["image"]
-    assert tensor.shape[1:] == model.preprocessing.target_size(1024, 768)[::-1]
+    assert tensor.shape[1:] == view[::-1]
 
 
 def test_a_pixel_budget_in_the_metadata_sizes_every_input(tmp_path, tiny_model_path, photo):
