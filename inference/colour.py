@@ -21,13 +21,17 @@ log = logging.getLogger(__name__)
 # RGB pixels we hold; a greyscale or CMYK profile belongs to pixels already converted.
 _RGB_SPACE = b"RGB "
 _SRGB = ImageCms.createProfile("sRGB")
+# Display profiles are 0.5-60 KB; a JPEG may carry up to 16 MB of "profile". Larger ones
+# are ignored, so that an upload cannot make the cache below hold hundreds of megabytes.
+MAX_PROFILE_BYTES = 1 << 20
 
 
 def usable_profile(icc: bytes | None, source_mode: str) -> bytes | None:
     """``icc`` where it describes the pixels: an RGB profile of RGB or palette pixels
     (``source_mode``, the mode before any conversion to RGB); None otherwise, as browsers
     ignore a profile that does not fit."""
-    if not icc or icc[16:20] != _RGB_SPACE or not source_mode.startswith(("RGB", "P")):
+    if (not icc or len(icc) > MAX_PROFILE_BYTES or icc[16:20] != _RGB_SPACE
+            or not source_mode.startswith(("RGB", "P"))):
         return None
     return bytes(icc)
 
@@ -35,7 +39,8 @@ def usable_profile(icc: bytes | None, source_mode: str) -> bytes | None:
 def to_srgb(image: Image.Image, icc: bytes | None) -> Image.Image:
     """``image`` (RGB) in sRGB: converted through ``icc`` (see :func:`usable_profile`)
     unless that is sRGB itself or cannot be read, in which case ``image`` is returned."""
-    if not icc or image.mode != "RGB" or icc[16:20] != _RGB_SPACE:
+    if (not icc or len(icc) > MAX_PROFILE_BYTES or image.mode != "RGB"
+            or icc[16:20] != _RGB_SPACE):
         return image
     transform = _transform_to_srgb(bytes(icc))
     if transform is None:

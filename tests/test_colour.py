@@ -11,6 +11,7 @@ from PIL import Image, ImageCms
 from script_loader import load_script
 
 from iqa.inference import QualityModel
+from iqa.inference.colour import MAX_PROFILE_BYTES
 from iqa.inference.decode import decode_image
 
 
@@ -66,6 +67,12 @@ def test_a_profile_that_cannot_be_used_is_ignored(gap, photo):
         out = np.asarray(decode_image(_encoded(pixels, fmt, icc_profile=icc)))
         expected = pixels if pixels.ndim == 3 else np.repeat(pixels[..., None], 3, -1)
         np.testing.assert_array_equal(out, expected)
+    # A JPEG may carry 16 MB of profile (Pillow refuses a PNG's above 1 MB): past
+    # MAX_PROFILE_BYTES it is not parsed or cached, whatever it holds.
+    huge = gap.icc_profile("adobe_rgb") + bytes(MAX_PROFILE_BYTES)
+    np.testing.assert_array_equal(
+        np.asarray(decode_image(_encoded(photo, "JPEG", quality=95, icc_profile=huge))),
+        np.asarray(decode_image(_encoded(photo, "JPEG", quality=95))))
     cmyk = Image.fromarray(photo).convert("CMYK")
     plain, tagged = io.BytesIO(), io.BytesIO()
     cmyk.save(plain, "JPEG", quality=95)
