@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import struct
 import sys
 from pathlib import Path
@@ -25,8 +24,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from iqa.inference import QualityModel
-from iqa.inference.decode import IMAGE_EXTENSIONS, decode_image
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from decode_scale_gap import gap_stats, write_report  # noqa: E402
+
+from iqa.inference import QualityModel  # noqa: E402
+from iqa.inference.decode import IMAGE_EXTENSIONS, decode_image  # noqa: E402
 
 # Linear RGB -> XYZ (D65) of each space, from its primaries; and the encoding gamma.
 SPACES = {
@@ -152,7 +154,7 @@ def main(argv=None) -> int:
             back = np.asarray(decode_image(tagged), dtype=np.float64)
             row["pixel_error"].append(float(np.abs(back - original).mean()))
     report = {"model": model.path.name, "photos": len(files), "quality": args.quality,
-              "spaces": {space: {key: _stats(values) for key, values in row.items()}
+              "spaces": {space: {key: gap_stats(values) for key, values in row.items()}
                          for space, row in rows.items()}}
     for space, row in report["spaces"].items():
         print(f"{space}: score minus the sRGB original, mean (lowest, highest)")
@@ -162,16 +164,8 @@ def main(argv=None) -> int:
         print(f"  decoded pixels vs the original: {row['pixel_error']['mean']:.2f}/255 "
               "mean absolute difference")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        write_report(report, args.out)
     return 0
-
-
-def _stats(values: list[float]) -> dict:
-    array = np.asarray(values, dtype=np.float64)
-    return {"n": int(array.size), "mean": round(float(array.mean()), 4),
-            "min": round(float(array.min()), 4), "max": round(float(array.max()), 4)}
 
 
 if __name__ == "__main__":

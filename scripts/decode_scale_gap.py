@@ -104,8 +104,8 @@ def main(argv=None) -> int:
         report["settings"][setting] = {
             "photos": len(sizes),
             "sizes": sorted({f"{w}x{h}" for w, h in sizes}),
-            "score_as_file_minus_full_decode": _stats(shipped),
-            "by_gap": {f"{g:g}": _stats(v) for g, v in gaps.items()},
+            "score_as_file_minus_full_decode": gap_stats(shipped),
+            "by_gap": {f"{g:g}": gap_stats(v) for g, v in gaps.items()},
         }
     for setting, row in report["settings"].items():
         print(f"{setting} ({row['photos']} photos): score minus full decode, mean (lowest)")
@@ -114,13 +114,18 @@ def main(argv=None) -> int:
         stats = row["score_as_file_minus_full_decode"]
         print(f"  as a file (gap {REDUCTION_GAP}): {stats['mean']:+.4f} ({stats['min']:+.4f})")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        write_report(report, args.out)
     return 0
 
 
-def _stats(values: list[float]) -> dict:
+def write_report(report: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+def gap_stats(values: list[float]) -> dict:
+    """n, mean, min and max of score differences, rounded as the reports print them."""
     array = np.asarray(values, dtype=np.float64)
     if not array.size:
         return {"n": 0}
