@@ -367,7 +367,9 @@ class QualityModel:
 
     def decode(self, source: ImageSource, name: str | None = None):
         """Decode ``source`` to RGB. One-input models let JPEGs decode at a reduced DCT
-        scale; a model with a detail view needs the photo's own pixels."""
+        scale; a model with a detail view needs the photo's own pixels. A colour profile
+        is left in ``info["icc_profile"]``, applied by :meth:`prepare` at the model's view
+        (``iqa.inference.decode_image`` returns the photo already in sRGB)."""
         return self.preparer().decode(source, name)
 
     def prepare(self, source: ImageSource, name: str | None = None) -> Prepared:
