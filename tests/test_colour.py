@@ -108,3 +108,30 @@ def test_the_script_reports_both_readings(gap, tmp_path, photo, capsys):
     assert adobe["pixel_error"]["mean"] < 2.5
     assert gap.main([str(tmp_path / "nowhere")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_a_damaged_profile_never_fails_the_photo(gap):
+    # Uploads carry whatever bytes they like; LittleCMS must refuse them, not crash, and
+    # the photo is then read as sRGB.
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from iqa.inference.colour import _transform_to_srgb, to_srgb
+
+    base = gap.icc_profile("adobe_rgb")
+    image = Image.new("RGB", (16, 16), (120, 200, 30))
+
+    @settings(max_examples=150, deadline=None, derandomize=True)
+    @given(st.lists(st.tuples(st.integers(0, len(base) - 1), st.integers(0, 255)),
+                    min_size=1, max_size=20),
+           st.integers(20, len(base)))
+    def check(edits, length):
+        profile = bytearray(base)
+        for index, value in edits:
+            profile[index] = value
+        profile[16:20] = b"RGB "
+        _transform_to_srgb.cache_clear()
+        out = to_srgb(image, bytes(profile[:length]))
+        assert out.mode == "RGB" and out.size == image.size
+
+    check()
