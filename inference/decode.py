@@ -7,6 +7,7 @@ server and the Python API reject the same inputs with the same typed errors
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
 import re
@@ -52,6 +53,26 @@ ALLOWED_FORMATS: tuple[str, ...] = (
     "TGA",
 )
 
+
+def _heif_formats() -> tuple[str, ...]:
+    """("HEIF",) where pi-heif (`pip install "iqa[heif]"`) or pillow-heif is installed to
+    read HEIF/HEIC, the format iPhones save photos in, which Pillow cannot read alone.
+    Optional because their wheels bundle libheif and libde265 (LGPL)."""
+    for module in ("pi_heif", "pillow_heif"):
+        try:
+            register = importlib.import_module(module).register_heif_opener
+        except (ImportError, AttributeError):
+            continue
+        register()
+        return ("HEIF",)
+    return ()
+
+
+ALLOWED_FORMATS += _heif_formats()
+HEIF_INSTALL_HINT = 'pip install "iqa[heif]"'
+# ISO base media "ftyp" brands of HEIF stills (not AVIF, which Pillow reads itself).
+_HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
+
 # File extensions that `iqa score DIR` picks up when it walks a folder.
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {
@@ -74,6 +95,8 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
         ".pbm",
         ".pnm",
         ".tga",
+        ".heic",  # read with iqa[heif]; without it, named with the install command
+        ".heif",
     }
 )
 
@@ -151,7 +174,14 @@ def _from_encoded(source, label, max_pixels, min_side, target_shorter_side,
     try:
         opened = Image.open(source, formats=ALLOWED_FORMATS)
     except UnidentifiedImageError as exc:
-        what = _sniff(_head(source))
+        head = _head(source)
+        if _is_heif(head):
+            if "HEIF" not in ALLOWED_FORMATS:
+                raise ImageDecodeError(f"{label}: a HEIF/HEIC photo (the iPhone's format); "
+                                       f"reading it needs pi-heif: {HEIF_INSTALL_HINT}") from exc
+            raise ImageDecodeError(f"{label}: a HEIF/HEIC photo that cannot be read (cut "
+                                   "short or damaged)") from exc
+        what = _sniff(head)
         raise ImageDecodeError(
             f"{label}: looks like {what}, not an image in a supported format "
             f"({', '.join(ALLOWED_FORMATS)})"
@@ -167,7 +197,10 @@ def _from_encoded(source, label, max_pixels, min_side, target_shorter_side,
         raise ImageDecodeError(f"{label}: cannot read: {reason}") from exc
     except (ValueError, SyntaxError, EOFError, struct.error) as exc:
         # Plugins raise these on corrupt headers (found by fuzzing: a PNG whose IHDR
-        # length is 0 gives ValueError("Truncated IHDR chunk")).
+        # length is 0 gives ValueError("Truncated IHDR chunk")); libheif reads a HEIC
+        # cut short as "Unexpected end of file".
+        if "end of file" in str(exc).lower():
+            raise TruncatedImageError(f"{label}: the image data ends early ({exc})") from exc
         raise ImageDecodeError(f"{label}: corrupt image header ({exc})") from exc
     with opened as image:
         return _finish(image, label, max_pixels, min_side, target_shorter_side,
@@ -199,6 +232,10 @@ def _head(source, size: int = 512) -> bytes:
         return source.read(size)
     except (OSError, AttributeError, ValueError):
         return b""
+
+
+def _is_heif(head: bytes) -> bool:
+    return head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS
 
 
 def _sniff(head: bytes) -> str:
@@ -332,8 +369,10 @@ def _load(image: Image.Image, label: str) -> None:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(f"{label}: {exc}") from exc
     except (OSError, EOFError, SyntaxError, ValueError) as exc:
-        text = str(exc)
-        if "truncated" in text.lower() or isinstance(exc, EOFError):
+        text = str(exc).strip()
+        # "Unexpected end of file": libheif's word for a HEIC cut short.
+        if any(w in text.lower() for w in ("truncated", "end of file")) or isinstance(
+                exc, EOFError):
             raise TruncatedImageError(f"{label}: the image data ends early ({text})") from exc
         raise ImageDecodeError(f"{label}: corrupt image data ({text})") from exc
     except MemoryError as exc:
