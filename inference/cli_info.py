@@ -21,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .decode import ALLOWED_FORMATS
     from .errors import IQAError
     from .model import QualityModel, available_providers
 
@@ -32,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     info = model.info()
     info["available_providers"] = available_providers()
+    info["image_formats"] = list(ALLOWED_FORMATS)  # HEIF only with iqa[heif]
     if args.json:
         print(json.dumps(info, indent=2))
     else:
@@ -63,6 +65,10 @@ def format_info(info: dict) -> str:
             lines.append(f"{kind[:-1]:<20}{node['name']}: {node['type']} [{shape}]")
     lines.append("providers           " + ", ".join(info["providers"]))
     lines.append("available           " + ", ".join(info.get("available_providers", [])))
+    if "image_formats" in info:
+        formats = ", ".join(info["image_formats"])
+        lines.append("image formats       " + formats + ("" if "HEIF" in info["image_formats"]
+                                                         else " (HEIF: pip install \"iqa[heif]\")"))
     for key, value in sorted(info.get("other_metadata", {}).items()):
         lines.append(f"{key:<20}{_calibration(value) if key == CALIBRATION_KEY else value}")
     return "\n".join(lines)

@@ -204,6 +204,11 @@ def test_info_text_and_json(capsys, tiny_model_path, tiny_model_no_factors_path)
     assert main(["info", "--model", str(tiny_model_no_factors_path), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["factor_names"] == [] and [o["name"] for o in info["outputs"]] == ["score"]
+    assert {"JPEG", "PNG", "AVIF"} <= set(info["image_formats"])
+    from iqa.inference.cli_info import format_info
+
+    without_heif = format_info({**info, "image_formats": ["JPEG", "PNG"]})
+    assert 'image formats       JPEG, PNG (HEIF: pip install "iqa[heif]")' in without_heif
     assert main(["info", "--model", "/nonexistent/model.onnx"]) == 2
     assert "not found" in capsys.readouterr().err
 
