@@ -61,7 +61,7 @@ def _heif_formats() -> tuple[str, ...]:
     for module in ("pi_heif", "pillow_heif"):
         try:
             register = importlib.import_module(module).register_heif_opener
-        except (ImportError, AttributeError):
+        except (ImportError, OSError, AttributeError):  # absent, or its library will not load
             continue
         register()
         return ("HEIF",)
