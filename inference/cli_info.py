@@ -33,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     info = model.info()
     info["available_providers"] = available_providers()
-    info["image_formats"] = list(ALLOWED_FORMATS)  # HEIF only with iqa[heif]
+    # Not the model's but this install's: whether a HEIC can be scored depends on pi-heif.
+    info["image_formats"] = list(ALLOWED_FORMATS)
     if args.json:
         print(json.dumps(info, indent=2))
     else:

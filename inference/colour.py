@@ -13,6 +13,7 @@ import functools
 import io
 import logging
 
+import numpy as np
 from PIL import Image, ImageCms
 
 log = logging.getLogger(__name__)
@@ -54,14 +55,29 @@ def _transform_to_srgb(icc: bytes) -> ImageCms.ImageCmsTransform | None:
     Cached: building one takes milliseconds, and a camera's photos share one profile."""
     try:
         profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        if "srgb" in ImageCms.getProfileDescription(profile).lower():
-            return None  # converting would change nothing but the time taken
         # NOCACHE: lcms2's one-pixel cache is not safe when decode threads share a transform.
-        return ImageCms.buildTransform(
+        transform = ImageCms.buildTransform(
             profile, _SRGB, "RGB", "RGB",
             renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC,
             flags=ImageCms.Flags.NOCACHE)
+        probe = ImageCms.applyTransform(_PROBE, transform)
     except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as exc:
         log.debug("ignoring an unreadable colour profile: %s", exc)
         return None
+    # sRGB under another name (cameras embed their own copies) changes nothing but the
+    # time taken. Judged by what the transform does, not by the name: "sRGB linear" is
+    # not sRGB.
+    change = np.abs(np.asarray(probe, dtype=np.int16) - np.asarray(_PROBE, dtype=np.int16))
+    return None if change.max() <= 1 else transform
+
+
+def _probe_image() -> Image.Image:
+    """16 levels of every channel in every combination, then a 256-step grey ramp."""
+    levels = np.linspace(0, 255, 16).round().astype(np.uint8)
+    grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(-1, 3)
+    ramp = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
+    return Image.fromarray(np.concatenate([grid, ramp]).reshape(-1, 64, 3))
+
+
+_PROBE = _probe_image()
 

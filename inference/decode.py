@@ -58,12 +58,13 @@ def _heif_formats() -> tuple[str, ...]:
     """("HEIF",) where pi-heif (`pip install "iqa[heif]"`) or pillow-heif is installed to
     read HEIF/HEIC, the format iPhones save photos in, which Pillow cannot read alone.
     Optional because their wheels bundle libheif and libde265 (LGPL)."""
+    if "HEIF" in Image.OPEN:  # the host program registered one, with its own options
+        return ("HEIF",)
     for module in ("pi_heif", "pillow_heif"):
         try:
-            register = importlib.import_module(module).register_heif_opener
-        except (ImportError, OSError, AttributeError):  # absent, or its library will not load
+            importlib.import_module(module).register_heif_opener()
+        except Exception:  # absent, or broken: scoring must still import
             continue
-        register()
         return ("HEIF",)
     return ()
 
@@ -132,9 +133,9 @@ def decode_image(
     policy whose target depends on the aspect ratio. ``name`` names the image in error
     messages when ``source`` has no path. ``srgb`` False leaves the colour conversion to
     the caller, to do at a smaller size (a 3-megapixel conversion takes 40 ms): the
-    profile it needs stays in ``image.info["icc_profile"]`` (only where it fits the
-    pixels), for :func:`iqa.inference.colour.to_srgb`. The model's preprocessing does so
-    at its view.
+    profile it needs is in ``image.info["icc_profile"]``, for
+    :func:`iqa.inference.colour.to_srgb`, which ignores one that does not fit RGB pixels.
+    The model's preprocessing converts at its view.
 
     Raises ImageDecodeError (not an image, unsupported format, unreadable file),
     TruncatedImageError, ImageTooLargeError or ImageTooSmallError.

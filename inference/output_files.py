@@ -24,6 +24,14 @@ def output_problem(path: str | os.PathLike, option: str = "-o", *,
     over ``path`` would replace the device node itself, and as root they can.
     """
     path = Path(path)
+    try:
+        return _problem(path, option, inputs, devices)
+    except OSError as exc:  # a folder on the way that cannot be read: stat itself fails
+        return f"{option} {path}: cannot write ({exc.strerror or type(exc).__name__})"
+
+
+def _problem(path: Path, option: str, inputs: Iterable[str | os.PathLike],
+             devices: bool) -> str | None:
     if path.is_dir():
         return f"{option} {path} is a folder: give the file to write"
     if path.exists() and not path.is_file():
@@ -32,7 +40,7 @@ def output_problem(path: str | os.PathLike, option: str = "-o", *,
         kind = "a pipe" if stat.S_ISFIFO(path.stat().st_mode) else "a device"
         return f"{option} {path} is {kind}, not a file: give the file to write"
     for source in map(Path, inputs):
-        if path.exists() and source.exists() and os.path.samefile(path, source):
+        if _same_file(path, source):
             return (f"{option} {path} is the input {source} itself: write to another file, "
                     "so that the input stays as it is")
     for folder in [path.parent, *path.parent.parents]:
@@ -52,3 +60,10 @@ def output_problem(path: str | os.PathLike, option: str = "-o", *,
                 return f"{option} {path}: cannot write in {folder} ({reason})"
             break
     return None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either is missing or cannot be read: not one file
+        return False

@@ -43,7 +43,7 @@ SPACES = {
         "to_xyz": [[0.4865709, 0.2656677, 0.1982173],
                    [0.2289746, 0.6917385, 0.0792869],
                    [0.0000000, 0.0451134, 1.0439444]],
-        "gamma": "srgb",  # P3 uses sRGB's transfer curve
+        "gamma": "srgb",  # P3 uses sRGB's transfer curve, sampled in the profile
         "name": "Display P3 compatible",
     },
 }
@@ -76,10 +76,14 @@ def _xyz_tag(xyz) -> bytes:
 
 
 def _curve_tag(gamma) -> bytes:
-    if gamma == "srgb":  # parametricCurveType, function 3: the sRGB curve
-        params = (2.4, 1 / 1.055, 0.055 / 1.055, 1 / 12.92, 0.04045)
-        return b"para" + bytes(4) + struct.pack(">HH", 3, 0) + b"".join(map(_s15f16, params))
-    return b"curv" + bytes(4) + struct.pack(">IH", 1, round(gamma * 256)) + bytes(2)
+    """curveType: one gamma, or sRGB's piecewise curve sampled at 1024 points (ICC v2 has
+    no parametric curves)."""
+    if gamma == "srgb":
+        x = np.linspace(0.0, 1.0, 1024)
+        y = np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+        table = np.rint(y * 65535).astype(">u2").tobytes()
+        return b"curv" + bytes(4) + struct.pack(">I", 1024) + table
+    return b"curv" + bytes(4) + struct.pack(">IH", 1, round(gamma * 256))
 
 
 def _desc_tag(text: str) -> bytes:
@@ -88,26 +92,39 @@ def _desc_tag(text: str) -> bytes:
             + struct.pack(">II", 0, 0) + struct.pack(">HB", 0, 0) + bytes(67))
 
 
-def icc_profile(space: str) -> bytes:
-    """An ICC v2 display profile (matrix/TRC) of ``space``, as bytes."""
-    spec = SPACES[space]
-    colourants = D65_TO_D50 @ np.asarray(spec["to_xyz"])  # columns: R, G, B under D50
-    curve = _curve_tag(spec["gamma"])
-    tags = [(b"desc", _desc_tag(spec["name"])), (b"wtpt", _xyz_tag(D50)),
+def _text_tag(text: str) -> bytes:
+    return b"text" + bytes(4) + text.encode("ascii") + b"\0"
+
+
+def matrix_profile(to_xyz, gamma, name: str) -> bytes:
+    """An ICC v2 display profile (matrix/TRC) from a linear RGB -> XYZ (D65) matrix and a
+    transfer curve (a gamma, or "srgb"), as bytes. The colourants are adapted to D50, as
+    the PCS needs, and the media white point is given as D50, which relative intent
+    (the one iqa uses) treats the same as the device white."""
+    colourants = D65_TO_D50 @ np.asarray(to_xyz)  # columns: R, G, B under D50
+    curve = _curve_tag(gamma)
+    tags = [(b"desc", _desc_tag(name)), (b"cprt", _text_tag("No copyright, use freely")),
+            (b"wtpt", _xyz_tag(D50)),
             (b"rXYZ", _xyz_tag(colourants[:, 0])), (b"gXYZ", _xyz_tag(colourants[:, 1])),
             (b"bXYZ", _xyz_tag(colourants[:, 2])),
             (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve)]
     offset = 128 + 4 + 12 * len(tags)
     table, data = b"", b""
     for signature, body in tags:
-        body += bytes(-len(body) % 4)  # every tag starts on a 4-byte boundary
+        # The tag table records each tag's own size; the padding only aligns the next one.
         table += signature + struct.pack(">II", offset + len(data), len(body))
-        data += body
+        data += body + bytes(-len(body) % 4)
     size = offset + len(data)
     header = (struct.pack(">I", size) + bytes(4) + struct.pack(">I", 0x02100000)
               + b"mntrRGB XYZ " + bytes(12) + b"acsp" + bytes(24)
               + struct.pack(">I", 0) + b"".join(map(_s15f16, D50)) + bytes(48))
     return header + struct.pack(">I", len(tags)) + table + data
+
+
+def icc_profile(space: str) -> bytes:
+    """The ICC v2 profile of ``space`` (a key of SPACES), as bytes."""
+    spec = SPACES[space]
+    return matrix_profile(spec["to_xyz"], spec["gamma"], spec["name"])
 
 
 def encode_in(rgb: np.ndarray, space: str) -> np.ndarray:

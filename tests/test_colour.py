@@ -47,6 +47,22 @@ def test_an_adobe_rgb_photo_is_read_in_srgb(gap, photo, tmp_path):
     assert np.abs(small - half).mean() < 3
 
 
+@pytest.mark.parametrize("kind", ["grid_fragments", "textured_fragments"])
+def test_detail_mosaics_are_those_of_the_photo_in_srgb(gap, photo, kind):
+    # The model's decode leaves the profile for later; the mosaic must still be the one
+    # that training, which decodes in sRGB, cut: the same patches, in the same colours.
+    from iqa.inference.contract import DetailView, Preprocessing
+    from iqa.inference.preprocess import decode_for_model, detail_mosaic, detail_mosaic_srgb
+
+    view = DetailView(grid=4, patch=32, kind=kind, candidates=4)
+    png = _encoded(gap.encode_in(photo, "adobe_rgb"), "PNG",
+                   icc_profile=gap.icc_profile("adobe_rgb"))
+    deferred = decode_for_model(png, Preprocessing(), native=True)
+    assert deferred.info["icc_profile"] == gap.icc_profile("adobe_rgb")
+    expected = detail_mosaic(np.asarray(decode_image(png)), view)
+    np.testing.assert_array_equal(detail_mosaic_srgb(deferred, view), expected)
+
+
 def test_display_p3_is_converted_and_srgb_left_as_it_is(gap, photo):
     p3 = gap.encode_in(photo, "display_p3")
     png = _encoded(p3, "PNG", icc_profile=gap.icc_profile("display_p3"))
@@ -54,6 +70,18 @@ def test_display_p3_is_converted_and_srgb_left_as_it_is(gap, photo):
     srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     tagged = _encoded(photo, "PNG", icc_profile=srgb)
     np.testing.assert_array_equal(np.asarray(decode_image(tagged)), photo)  # bit for bit
+
+
+def test_srgb_is_told_by_what_the_profile_does_not_by_its_name(gap, photo):
+    # Linear-light pixels under a profile named "sRGB linear": skipping every profile
+    # whose name says sRGB read them as gamma-encoded, about 48/255 off.
+    linear = np.rint(255 * (photo / 255.0) ** 2.2).astype(np.uint8)  # near enough sRGB
+    tagged = gap.matrix_profile(gap.SRGB_TO_XYZ, 1.0, "sRGB linear (g10)")
+    out = np.asarray(decode_image(_encoded(linear, "PNG", icc_profile=tagged)), dtype=float)
+    assert np.abs(out - photo).mean() < 3
+    renamed = gap.matrix_profile(gap.SRGB_TO_XYZ, "srgb", "Camera RGB")  # sRGB by another name
+    np.testing.assert_array_equal(
+        np.asarray(decode_image(_encoded(photo, "PNG", icc_profile=renamed))), photo)
 
 
 def test_a_profile_that_cannot_be_used_is_ignored(gap, photo):
@@ -111,8 +139,8 @@ def test_the_script_reports_both_readings(gap, tmp_path, photo, capsys):
 
 
 def test_a_damaged_profile_never_fails_the_photo(gap):
-    # Uploads carry whatever bytes they like; LittleCMS must refuse them, not crash, and
-    # the photo is then read as sRGB.
+    # Uploads carry whatever bytes they like: LittleCMS refuses them, or reads what it
+    # can, and either way the photo is decoded, never a crash.
     from hypothesis import given, settings
     from hypothesis import strategies as st
 

@@ -46,3 +46,18 @@ def test_a_folder_that_takes_no_files_is_found_even_as_root():
     # os.access(W_OK) is true for root in /proc; creating a file there fails.
     assert output_problem("/proc/x.pt") == ("-o /proc/x.pt: cannot write in /proc (creating a "
                                             "file there fails: No such file or directory)")
+
+
+def test_a_path_that_cannot_even_be_looked_at_is_named(tmp_path, monkeypatch):
+    # stat() fails on a folder the user may not read (EACCES, as non-root) or on a name
+    # too long for the file system; pathlib raises for those rather than saying False.
+    too_long = tmp_path / ("x" * 300) / "scores.csv"
+    assert output_problem(too_long) == f"-o {too_long}: cannot write (File name too long)"
+    assert output_problem(tmp_path / "ok.csv", inputs=[tmp_path / ("y" * 300)]) is None
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(type(tmp_path), "stat", denied)
+    locked = tmp_path / "locked" / "scores.csv"
+    assert output_problem(locked) == f"-o {locked}: cannot write (Permission denied)"
