@@ -29,11 +29,12 @@ def decode_for_model(source: ImageSource, prep: Preprocessing, *, native: bool =
 
     JPEGs decode at a reduced DCT scale (1/2, 1/4, 1/8) only while the shorter side stays
     at least ``REDUCTION_GAP`` times the one the policy resizes that photo to, and the
-    bicubic resize does the rest. libjpeg's scaled decode is softer than that resize: a
-    photo scaled in the DCT to within 2x of the model's view lost 10-15 % of its Laplacian
-    variance and scored 0.01-0.05 lower than fully decoded, though the pixels differed by
-    under 1/255 on average. At 3x and more the gap fell to a few thousandths
-    (BENCHMARKS.md, "Decoding at a reduced scale").
+    bicubic resize does the rest. libjpeg's scaled decode filters differently from that
+    resize: decoded to within 2x of the model's view, a photo's view kept 30 % more
+    Laplacian variance (decoded straight to it) or 11-20 % less (resized after it), and
+    scored 0.01-0.05 lower than fully decoded, though the pixels differed by under 1/255
+    on average. At 3x and more the gap fell to a few thousandths (BENCHMARKS.md,
+    "Decoding at a reduced scale"; scripts/decode_scale_gap.py).
 
     ``native`` decodes every pixel: a model with a detail view judges the photo's own
     resolution, which a reduced decode would throw away.

@@ -319,7 +319,7 @@ def _jpeg(width: int, height: int) -> bytes:
 
 
 def test_jpegs_decode_at_a_reduced_scale_down_to_three_times_the_view():
-    # libjpeg's scaled decode is softer than the resize the model was trained behind: it
+    # libjpeg's scaled decode filters unlike the resize the model was trained behind: it
     # stops at REDUCTION_GAP times the view's shorter side, the resize does the rest.
     assert REDUCTION_GAP == 3
     data = _jpeg(2048, 1536)

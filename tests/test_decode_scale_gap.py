@@ -27,8 +27,10 @@ def test_the_gap_is_measured_against_the_full_decode(tmp_path, photo, capsys):
         # reference's own pixels, so exactly its score.
         assert row["by_gap"]["4"] == {"n": 2, "mean": 0.0, "min": 0.0, "max": 0.0}
     # A gap of 1 decodes the 1024x768 crops at 1/2, down to the view (iqa <= 0.3.1), and
-    # the softer pixels score lower.
+    # its pixels, filtered unlike training's resize, score lower.
     assert crops["by_gap"]["1"]["max"] < 0
+    detail = crops["view_detail_change_by_gap"]
+    assert detail["4"]["max"] == 0 and detail["1"]["mean"] != 0
     assert crops["score_as_file_minus_full_decode"]["n"] == 2
     assert report["shipped_gap"] == 3 and "as a file" in capsys.readouterr().out
 

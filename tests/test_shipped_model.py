@@ -123,7 +123,8 @@ def test_score_is_monotone_in_every_family(model, photos):
 
 
 def test_a_jpeg_scores_as_a_file_what_it_scores_fully_decoded(model, photos, monkeypatch):
-    # libjpeg's DCT-scaled decode is softer than the resize the model was trained behind.
+    # libjpeg's DCT-scaled decode filters differently from the resize the model was
+    # trained behind.
     # Decoding a 1024x768 JPEG straight to the 512x384 view scored it lower (astronaut
     # 0.751 against 0.778); the reduced decode now stops at 3x the view.
     import io
